@@ -1,0 +1,274 @@
+// The gate math of every cell type, written once for the CPU and the GPU.
+//
+// Each functor below handles one (row b, hidden unit j) element of one time step. The time
+// loop (sequence.h) runs the GEMMs; a backend runs a functor over rows x units:
+//   * CPU (cpu/backend.h): apply<V> with V = the scalar, or at::vec::Vectorized lanes;
+//   * CUDA (cuda/backend.cuh): apply<opmath_t> in one thread per element.
+// Storage type `scalar_t` (float, double, Half, BFloat16) is read into the compute type V
+// through Math<V>::load, so fp16/bf16 math runs in fp32.
+//
+// Conventions (torch.nn's): gate order LSTM i,f,g,o; GRU r,z,n. All matrices are row-major,
+// one row per batch element. `xg` is the precomputed input projection W_ih x + biases for the
+// step, `hg` the recurrent projection W_hh h_{t-1} (for GRU without b_hh's n part, which
+// must sit inside r * (...), so it is passed separately as `b_hn`).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FR_HD __host__ __device__ __forceinline__
+#else
+#define FR_HD inline
+#endif
+
+namespace fused_rnn {
+
+enum class Mode : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
+
+// Gates per hidden unit in the weight matrices (torch.nn's gate_size / hidden_size).
+FR_HD constexpr int gates_of(Mode mode) {
+  return mode == Mode::LSTM ? 4 : mode == Mode::GRU ? 3 : 1;
+}
+// Values per hidden unit saved by the forward pass for the backward pass:
+// LSTM i,f,g,o; GRU r,z,n and hn = W_hn h + b_hn; RNN the output h itself.
+FR_HD constexpr int saved_of(Mode mode) {
+  return mode == Mode::RNN_TANH || mode == Mode::RNN_RELU ? 1 : 4;
+}
+
+// Elementwise math on a compute type V. Specialised for float/double here, for
+// at::vec::Vectorized in the CPU backend.
+template <class V>
+struct Math;
+
+template <class T>
+struct ScalarMath {
+  template <class S>
+  static FR_HD T load(const S* p) { return static_cast<T>(*p); }
+  template <class S>
+  static FR_HD void store(S* p, T v) { *p = static_cast<S>(v); }
+  static FR_HD T splat(T v) { return v; }
+  static FR_HD T exp(T x);
+  static FR_HD T tanh(T x);
+  static FR_HD T sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
+  // relu that propagates NaN, as torch.relu does.
+  static FR_HD T relu(T x) { return x < T(0) ? T(0) : x; }
+  // d relu: torch's threshold_backward keeps the gradient where the result is > 0.
+  static FR_HD T relu_backward(T g, T result) { return result <= T(0) ? T(0) : g; }
+};
+template <>
+FR_HD float ScalarMath<float>::exp(float x) { return ::expf(x); }
+template <>
+FR_HD float ScalarMath<float>::tanh(float x) { return ::tanhf(x); }
+template <>
+FR_HD double ScalarMath<double>::exp(double x) { return ::exp(x); }
+template <>
+FR_HD double ScalarMath<double>::tanh(double x) { return ::tanh(x); }
+
+template <>
+struct Math<float> : ScalarMath<float> {};
+template <>
+struct Math<double> : ScalarMath<double> {};
+
+// ---------------------------------------------------------------------------------------------
+// Forward. `Train` decides whether what backward needs is saved (haste's <T, Training>).
+
+template <class scalar_t, bool Train>
+struct LSTMForward {
+  using scalar_type = scalar_t;
+  const scalar_t* xg;  // [n, 4H]
+  const scalar_t* hg;  // [n, 4H]
+  scalar_t* c_state;   // [B, H]  c_{t-1} in, c_t out
+  scalar_t* h_out;     // [n, ld_h] h_t (or o*tanh(c_t) when projected)
+  scalar_t* h_state;   // [B, H] or nullptr (projected: the loop writes W_hr r instead)
+  scalar_t* gates;     // [n, 4H] saved i, f, g, o
+  scalar_t* c_prev;    // [n, H]  saved c_{t-1}
+  int64_t H, ld_h;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const int64_t g0 = b * 4 * H + j;
+    const V i = M::sigmoid(M::load(xg + g0) + M::load(hg + g0));
+    const V f = M::sigmoid(M::load(xg + g0 + H) + M::load(hg + g0 + H));
+    const V g = M::tanh(M::load(xg + g0 + 2 * H) + M::load(hg + g0 + 2 * H));
+    const V o = M::sigmoid(M::load(xg + g0 + 3 * H) + M::load(hg + g0 + 3 * H));
+    const V cp = M::load(c_state + b * H + j);
+    const V c = f * cp + i * g;
+    const V h = o * M::tanh(c);
+    M::store(c_state + b * H + j, c);
+    M::store(h_out + b * ld_h + j, h);
+    if (h_state) M::store(h_state + b * H + j, h);
+    if (Train) {
+      M::store(gates + g0, i);
+      M::store(gates + g0 + H, f);
+      M::store(gates + g0 + 2 * H, g);
+      M::store(gates + g0 + 3 * H, o);
+      M::store(c_prev + b * H + j, cp);
+    }
+  }
+};
+
+template <class scalar_t, bool Train>
+struct GRUForward {
+  using scalar_type = scalar_t;
+  const scalar_t* xg;   // [n, 3H]  W_ih x + b_ih + (b_hr, b_hz, 0)
+  const scalar_t* hg;   // [n, 3H]  W_hh h
+  const scalar_t* b_hn; // [H] or nullptr
+  scalar_t* h_state;    // [B, H]  h_{t-1} in, h_t out
+  scalar_t* h_out;      // [n, H]
+  scalar_t* gates;      // [n, 4H] saved r, z, n, hn
+  int64_t H;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const int64_t g0 = b * 3 * H + j;
+    V hn = M::load(hg + g0 + 2 * H);
+    if (b_hn) hn = hn + M::load(b_hn + j);
+    const V r = M::sigmoid(M::load(xg + g0) + M::load(hg + g0));
+    const V z = M::sigmoid(M::load(xg + g0 + H) + M::load(hg + g0 + H));
+    const V n = M::tanh(M::load(xg + g0 + 2 * H) + r * hn);
+    const V hp = M::load(h_state + b * H + j);
+    const V h = n + z * (hp - n);  // (1 - z) * n + z * h_{t-1}
+    M::store(h_state + b * H + j, h);
+    M::store(h_out + b * H + j, h);
+    if (Train) {
+      const int64_t s0 = b * 4 * H + j;
+      M::store(gates + s0, r);
+      M::store(gates + s0 + H, z);
+      M::store(gates + s0 + 2 * H, n);
+      M::store(gates + s0 + 3 * H, hn);
+    }
+  }
+};
+
+template <class scalar_t, bool Train, bool Relu>
+struct RNNForward {
+  using scalar_type = scalar_t;
+  const scalar_t* xg;  // [n, H]
+  const scalar_t* hg;  // [n, H]
+  scalar_t* h_state;   // [B, H]
+  scalar_t* h_out;     // [n, H]
+  scalar_t* gates;     // [n, H] saved h_t (the activation's derivative is a function of it)
+  int64_t H;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const V pre = M::load(xg + b * H + j) + M::load(hg + b * H + j);
+    const V h = Relu ? M::relu(pre) : M::tanh(pre);
+    M::store(h_state + b * H + j, h);
+    M::store(h_out + b * H + j, h);
+    if (Train) M::store(gates + b * H + j, h);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Backward, one step. dh = dh_state + dout (dout may be nullptr: projected LSTM, where the loop
+// has already formed dr = (dh_state + dout) W_hr). Each functor writes the gradient of the
+// pre-activations (dgates) and the part of d(state_{t-1}) that does not go through W_hh.
+
+template <class scalar_t>
+struct LSTMBackward {
+  using scalar_type = scalar_t;
+  const scalar_t* gates;   // [n, 4H]
+  const scalar_t* c_prev;  // [n, H]
+  const scalar_t* dh;      // [n, ld_dh]
+  const scalar_t* dout;    // [n, ld_dh] or nullptr
+  scalar_t* dc_state;      // [B, H]  dc_t in, dc_{t-1} out
+  scalar_t* dgates;        // [n, 4H]
+  int64_t H, ld_dh;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const V one = M::splat(1);
+    const int64_t g0 = b * 4 * H + j;
+    const V i = M::load(gates + g0), f = M::load(gates + g0 + H);
+    const V g = M::load(gates + g0 + 2 * H), o = M::load(gates + g0 + 3 * H);
+    const V cp = M::load(c_prev + b * H + j);
+    V dht = M::load(dh + b * ld_dh + j);
+    if (dout) dht = dht + M::load(dout + b * ld_dh + j);
+    const V tc = M::tanh(f * cp + i * g);
+    const V dc = M::load(dc_state + b * H + j) + dht * o * (one - tc * tc);
+    M::store(dgates + g0, dc * g * i * (one - i));
+    M::store(dgates + g0 + H, dc * cp * f * (one - f));
+    M::store(dgates + g0 + 2 * H, dc * i * (one - g * g));
+    M::store(dgates + g0 + 3 * H, dht * tc * o * (one - o));
+    M::store(dc_state + b * H + j, dc * f);
+  }
+};
+
+template <class scalar_t>
+struct GRUBackward {
+  using scalar_type = scalar_t;
+  const scalar_t* gates;   // [n, 4H] r, z, n, hn
+  const scalar_t* h_prev;  // [n, H]
+  scalar_t* dh_state;      // [B, H]  dh_t in; dh_{t-1} minus the W_hh part out
+  const scalar_t* dout;    // [n, H]
+  scalar_t* dgates_x;      // [n, 3H] gradient of W_ih x + b_ih
+  scalar_t* dgates_h;      // [n, 3H] gradient of W_hh h + b_hh
+  int64_t H;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const V one = M::splat(1);
+    const int64_t s0 = b * 4 * H + j;
+    const V r = M::load(gates + s0), z = M::load(gates + s0 + H);
+    const V n = M::load(gates + s0 + 2 * H), hn = M::load(gates + s0 + 3 * H);
+    const V hp = M::load(h_prev + b * H + j);
+    V dht = M::load(dh_state + b * H + j);
+    if (dout) dht = dht + M::load(dout + b * H + j);
+    const V dn = dht * (one - z) * (one - n * n);
+    const V dz = dht * (hp - n) * z * (one - z);
+    const V dr = dn * hn * r * (one - r);
+    const int64_t g0 = b * 3 * H + j;
+    M::store(dgates_x + g0, dr);
+    M::store(dgates_x + g0 + H, dz);
+    M::store(dgates_x + g0 + 2 * H, dn);
+    M::store(dgates_h + g0, dr);
+    M::store(dgates_h + g0 + H, dz);
+    M::store(dgates_h + g0 + 2 * H, dn * r);
+    M::store(dh_state + b * H + j, dht * z);
+  }
+};
+
+template <class scalar_t, bool Relu>
+struct RNNBackward {
+  using scalar_type = scalar_t;
+  const scalar_t* gates;  // [n, H] h_t
+  const scalar_t* dh;     // [n, H]
+  const scalar_t* dout;   // [n, H]
+  scalar_t* dgates;       // [n, H]
+  int64_t H;
+
+  template <class V>
+  FR_HD void apply(int64_t b, int64_t j) const {
+    using M = Math<V>;
+    const V h = M::load(gates + b * H + j);
+    V dht = M::load(dh + b * H + j);
+    if (dout) dht = dht + M::load(dout + b * H + j);
+    const V dpre = Relu ? M::relu_backward(dht, h) : dht * (M::splat(1) - h * h);
+    M::store(dgates + b * H + j, dpre);
+  }
+};
+
+// dst = a + b, elementwise over [n, ld]: the projected LSTM's dh_t before it meets W_hr.
+template <class scalar_t>
+struct AddInto {
+  using scalar_type = scalar_t;
+  const scalar_t* a;
+  const scalar_t* b;
+  scalar_t* dst;
+  int64_t ld;
+
+  template <class V>
+  FR_HD void apply(int64_t row, int64_t j) const {
+    using M = Math<V>;
+    M::store(dst + row * ld + j, M::load(a + row * ld + j) + M::load(b + row * ld + j));
+  }
+};
+
+}  // namespace fused_rnn

@@ -1,0 +1,33 @@
+// The op schemas (declared once, for every device) and the Python module stub that loads them.
+//
+// rnn_forward runs one layer in one direction over a whole sequence:
+//   input        [T, B, I] (batch_sizes None) or packed [N, I] with batch_sizes [T] (CPU int64,
+//                non-increasing: step t uses the first batch_sizes[t] rows, as in PackedSequence)
+//   hx [B, P], cx [B, H] (LSTM only); P = proj_size or H
+//   mode         "LSTM" | "GRU" | "RNN_TANH" | "RNN_RELU"
+//   reverse      run from the last step to the first (each row from its own last step)
+//   train        save the workspace that rnn_backward needs (otherwise it is empty)
+// returns output [T, B, P] or [N, P], hy [B, P], cy [B, H] (empty unless LSTM), workspace.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import fused_rnn._C` loads this library, which runs the TORCH_LIBRARY blocks below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fused_rnn, m) {
+  m.def(
+      "rnn_forward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+      "bool train) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def(
+      "rnn_backward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+      "Tensor workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+}

@@ -1,0 +1,131 @@
+// Argument checks and the per-call schedule shared by every backend (compiled once, host only).
+#include "sequence.h"
+
+#include <ATen/ops/add.h>
+#include <ATen/ops/zeros.h>
+
+namespace fused_rnn {
+
+Mode parse_mode(c10::string_view mode) {
+  if (mode == "LSTM") return Mode::LSTM;
+  if (mode == "GRU") return Mode::GRU;
+  if (mode == "RNN_TANH") return Mode::RNN_TANH;
+  if (mode == "RNN_RELU") return Mode::RNN_RELU;
+  TORCH_CHECK_VALUE(false, "Unrecognized RNN mode: ", mode);
+}
+
+Schedule make_schedule(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+                       int64_t batch) {
+  Schedule s;
+  s.B = batch;
+  if (!batch_sizes) {
+    s.T = input.size(0);
+    s.N = s.T * s.B;
+    s.rows.assign(s.T, s.B);
+    s.offset.resize(s.T);
+    for (int64_t t = 0; t < s.T; ++t) s.offset[t] = t * s.B;
+    return s;
+  }
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
+              "fused_rnn: batch_sizes should be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
+              bs.scalar_type(), " on ", bs.device());
+  const at::Tensor bsc = bs.contiguous();
+  const int64_t* b = bsc.const_data_ptr<int64_t>();
+  s.T = bsc.numel();
+  s.rows.resize(s.T);
+  s.offset.resize(s.T);
+  int64_t prev = batch;
+  for (int64_t t = 0; t < s.T; ++t) {
+    TORCH_CHECK(b[t] >= 1 && b[t] <= prev,
+                "fused_rnn: batch_sizes must be positive and non-increasing, starting at the batch "
+                "size of hx (",
+                batch, "); got ", b[t], " at step ", t);
+    s.offset[t] = s.N;
+    s.rows[t] = b[t];
+    s.N += b[t];
+    prev = b[t];
+  }
+  TORCH_CHECK(s.T == 0 || s.rows[0] == batch, "fused_rnn: batch_sizes[0] (", s.rows[0],
+              ") must equal the batch size of hx (", batch, ")");
+  TORCH_CHECK(s.N == input.size(0), "fused_rnn: batch_sizes sum to ", s.N,
+              " but the packed input has ", input.size(0), " rows");
+  return s;
+}
+
+LayerDims layer_dims(Mode mode, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                     const c10::optional<at::Tensor>& w_hr) {
+  LayerDims d;
+  d.mode = mode;
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "fused_rnn: weights must be 2-D");
+  d.G = w_ih.size(0);
+  TORCH_CHECK(d.G % gates_of(mode) == 0, "fused_rnn: weight_ih has ", d.G,
+              " rows, not a multiple of ", gates_of(mode));
+  d.H = d.G / gates_of(mode);
+  d.I = w_ih.size(1);
+  d.proj = w_hr.has_value() && w_hr->defined();
+  TORCH_CHECK(!d.proj || mode == Mode::LSTM, "fused_rnn: weight_hr is only for LSTM");
+  d.P = d.proj ? w_hr->size(0) : d.H;
+  TORCH_CHECK(w_hh.size(0) == d.G && w_hh.size(1) == d.P, "fused_rnn: weight_hh must be [", d.G,
+              ", ", d.P, "], got ", w_hh.sizes());
+  if (d.proj) {
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == d.H && d.P < d.H,
+                "fused_rnn: weight_hr must be [proj_size, ", d.H, "] with proj_size < ", d.H,
+                ", got ", w_hr->sizes());
+  }
+  return d;
+}
+
+at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
+                      const c10::optional<at::Tensor>& b_hh, int64_t H) {
+  if (!b_ih && !b_hh) return at::Tensor();
+  if (mode != Mode::GRU) {
+    if (b_ih && b_hh) return at::add(*b_ih, *b_hh);
+    return b_ih ? *b_ih : *b_hh;
+  }
+  at::Tensor bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, b_hh->options());
+  if (b_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+  return bias;
+}
+
+std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a) {
+  const at::Tensor& x = a.input;
+  LayerDims d = layer_dims(a.mode, a.w_ih, a.w_hh, a.w_hr);
+  const int64_t want_dim = a.batch_sizes ? 2 : 3;
+  TORCH_CHECK(x.dim() == want_dim, "input must have ", want_dim, " dimensions, got ", x.dim());
+  TORCH_CHECK(x.size(-1) == d.I, "input.size(-1) must be equal to input_size. Expected ", d.I,
+              ", got ", x.size(-1));
+  TORCH_CHECK(a.batch_sizes || x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  TORCH_CHECK(a.hx.dim() == 2 && a.hx.size(1) == d.P, "fused_rnn: hx must be [batch, ", d.P,
+              "], got ", a.hx.sizes());
+  const int64_t B = a.hx.size(0);
+  TORCH_CHECK(a.batch_sizes || x.size(1) == B, "Expected hidden size (", B, ", ", d.P,
+              ") to match the batch of the input, got batch ", x.size(1));
+  if (a.mode == Mode::LSTM) {
+    TORCH_CHECK(a.cx && a.cx->defined() && a.cx->dim() == 2 && a.cx->size(0) == B &&
+                    a.cx->size(1) == d.H,
+                "fused_rnn: cx must be [", B, ", ", d.H, "]");
+  }
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fused_rnn: ", name, " has dtype ",
+                t.scalar_type(), " but input has ", x.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), "fused_rnn: ", name, " is on ", t.device(),
+                " but input is on ", x.device());
+  };
+  same(a.hx, "hx");
+  if (a.mode == Mode::LSTM) same(*a.cx, "cx");
+  same(a.w_ih, "weight_ih");
+  same(a.w_hh, "weight_hh");
+  if (a.b_ih) {
+    same(*a.b_ih, "bias_ih");
+    TORCH_CHECK(a.b_ih->dim() == 1 && a.b_ih->size(0) == d.G, "fused_rnn: bias_ih must be [", d.G, "]");
+  }
+  if (a.b_hh) {
+    same(*a.b_hh, "bias_hh");
+    TORCH_CHECK(a.b_hh->dim() == 1 && a.b_hh->size(0) == d.G, "fused_rnn: bias_hh must be [", d.G, "]");
+  }
+  if (d.proj) same(*a.w_hr, "weight_hr");
+  return {make_schedule(x, a.batch_sizes, B), d};
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,344 @@
+// The time loop of one layer in one direction, forward and backward, written once for every
+// device. A Backend supplies three things, all on the current device/stream:
+//   gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)   row-major C = a op(A) op(B) + b C
+//   copy(dst, src, count)                                          contiguous copy
+//   pointwise(functor, rows, cols)                                 functor.apply over rows x cols
+// Everything outside the loop (the input projection, the weight gradients) is a handful of large
+// ATen calls, which already run on either device.
+//
+// Variable lengths: rows are sorted by length, longest first (a PackedSequence's order), and
+// step t works on the first batch_sizes[t] rows only, so the cost follows the token count.
+// The state buffers h_state/c_state hold one row per sequence; a row that has stopped keeps its
+// final state there (h_n at the sequence's own last step), and in the reverse direction a row
+// starts from h0 at its own last step because nothing has touched it before. The same holds for
+// the gradient states in the backward loop.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "cells.h"
+
+namespace fused_rnn {
+
+// The per-step schedule: how many rows are active and where the step's rows start.
+struct Schedule {
+  std::vector<int64_t> rows;    // active rows at time t
+  std::vector<int64_t> offset;  // first row of step t in the [N, *] time-major buffers
+  int64_t T = 0, B = 0, N = 0;
+
+  // Processing order of the forward pass (reversed for backward).
+  int64_t step(int64_t s, bool reverse) const { return reverse ? T - 1 - s : s; }
+};
+
+Schedule make_schedule(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+                       int64_t batch);
+
+// Sizes of one layer-direction and the layout of its flat workspace.
+struct LayerDims {
+  Mode mode;
+  int64_t I, H, P, G;  // input size, hidden size, state size (proj_size or H), gate rows (G*H)
+  bool proj;
+
+  int64_t saved_cols() const { return saved_of(mode) * H; }
+  // Per time-major row of the workspace: saved gates | h_{t-1} | c_{t-1} (LSTM) | r (projected)
+  int64_t ws_cols() const {
+    return saved_cols() + P + (mode == Mode::LSTM ? H : 0) + (proj ? H : 0);
+  }
+};
+
+LayerDims layer_dims(Mode mode, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                     const c10::optional<at::Tensor>& w_hr);
+
+template <class scalar_t>
+struct WorkspaceView {
+  scalar_t* gates;
+  scalar_t* h_prev;
+  scalar_t* c_prev;
+  scalar_t* r;
+
+  // Each part is its own [N, cols] block, one after another, in the order of ws_cols().
+  WorkspaceView(scalar_t* base, const LayerDims& d, int64_t N) {
+    gates = base;
+    h_prev = gates + N * d.saved_cols();
+    c_prev = h_prev + N * d.P;
+    r = c_prev + (d.mode == Mode::LSTM ? N * d.H : 0);
+  }
+};
+
+// Bias folded into the input projection: b_ih + b_hh, except GRU's n gate whose b_hh part
+// stays inside r * (W_hn h + b_hn).
+at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
+                      const c10::optional<at::Tensor>& b_hh, int64_t H);
+
+template <class Backend, class scalar_t, bool Train>
+void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, const scalar_t* xproj,
+                  const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* b_hn,
+                  scalar_t* output, scalar_t* h_state, scalar_t* c_state, scalar_t* hg,
+                  scalar_t* r_scratch, WorkspaceView<scalar_t> ws) {
+  const int64_t H = d.H, P = d.P, G = d.G;
+  for (int64_t step = 0; step < s.T; ++step) {
+    const int64_t t = s.step(step, reverse);
+    const int64_t n = s.rows[t], off = s.offset[t];
+    // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
+    const scalar_t* h_prev = h_state;
+    if (Train) {
+      Backend::copy(ws.h_prev + off * P, h_state, n * P);
+      h_prev = ws.h_prev + off * P;
+    }
+    Backend::gemm(false, true, n, G, P, scalar_t(1), h_prev, P, w_hh, P, scalar_t(0), hg, G);
+    const scalar_t* xg = xproj + off * G;
+    scalar_t* out = output + off * P;
+    switch (d.mode) {
+      case Mode::LSTM: {
+        scalar_t* r = d.proj ? (Train ? ws.r + off * H : r_scratch) : out;
+        LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
+                                       Train ? ws.gates + off * 4 * H : nullptr,
+                                       Train ? ws.c_prev + off * H : nullptr, H, d.proj ? H : P};
+        Backend::pointwise(f, n, H);
+        if (d.proj) {
+          Backend::gemm(false, true, n, P, H, scalar_t(1), r, H, w_hr, H, scalar_t(0), out, P);
+          Backend::copy(h_state, out, n * P);
+        }
+        break;
+      }
+      case Mode::GRU: {
+        GRUForward<scalar_t, Train> f{xg, hg, b_hn, h_state, out,
+                                      Train ? ws.gates + off * 4 * H : nullptr, H};
+        Backend::pointwise(f, n, H);
+        break;
+      }
+      case Mode::RNN_TANH:
+      case Mode::RNN_RELU: {
+        scalar_t* saved = Train ? ws.gates + off * H : nullptr;
+        if (d.mode == Mode::RNN_RELU) {
+          Backend::pointwise(RNNForward<scalar_t, Train, true>{xg, hg, h_state, out, saved, H}, n, H);
+        } else {
+          Backend::pointwise(RNNForward<scalar_t, Train, false>{xg, hg, h_state, out, saved, H}, n, H);
+        }
+        break;
+      }
+    }
+  }
+}
+
+template <class Backend, class scalar_t>
+void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, const scalar_t* w_hh,
+                   const scalar_t* w_hr, WorkspaceView<scalar_t> ws, const scalar_t* dout,
+                   scalar_t* dh_state, scalar_t* dc_state, scalar_t* dgates_x, scalar_t* dgates_h,
+                   scalar_t* dh_all, scalar_t* dr) {
+  const int64_t H = d.H, P = d.P, G = d.G;
+  for (int64_t step = s.T - 1; step >= 0; --step) {
+    const int64_t t = s.step(step, reverse);
+    const int64_t n = s.rows[t], off = s.offset[t];
+    const scalar_t* dout_t = dout + off * P;
+    scalar_t* dgx = dgates_x + off * G;
+    scalar_t* dgh = dgates_h + off * G;
+    switch (d.mode) {
+      case Mode::LSTM: {
+        const scalar_t* dh = dh_state;
+        const scalar_t* dh_extra = dout_t;
+        if (d.proj) {
+          // dh_t = dh_state + dout; dr = dh_t W_hr; dh_t is kept for dW_hr after the loop.
+          Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, dh_all + off * P, P}, n, P);
+          Backend::gemm(false, false, n, H, P, scalar_t(1), dh_all + off * P, P, w_hr, H,
+                        scalar_t(0), dr, H);
+          dh = dr;
+          dh_extra = nullptr;
+        }
+        LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
+                                 dc_state, dgx, H, d.proj ? H : P};
+        Backend::pointwise(f, n, H);
+        break;
+      }
+      case Mode::GRU: {
+        GRUBackward<scalar_t> f{ws.gates + off * 4 * H, ws.h_prev + off * P, dh_state, dout_t,
+                                dgx, dgh, H};
+        Backend::pointwise(f, n, H);
+        break;
+      }
+      case Mode::RNN_TANH:
+      case Mode::RNN_RELU: {
+        const scalar_t* saved = ws.gates + off * H;
+        if (d.mode == Mode::RNN_RELU) {
+          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dgx, H}, n, H);
+        } else {
+          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dgx, H}, n, H);
+        }
+        break;
+      }
+    }
+    // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
+    const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
+    Backend::gemm(false, false, n, P, G, scalar_t(1), dgh, G, w_hh, P, beta, dh_state, P);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-level entry points shared by the CPU and CUDA registrations.
+
+struct ForwardArgs {
+  Mode mode;
+  const at::Tensor& input;
+  const c10::optional<at::Tensor>& batch_sizes;
+  const at::Tensor& hx;
+  const c10::optional<at::Tensor>& cx;
+  const at::Tensor& w_ih;
+  const at::Tensor& w_hh;
+  const c10::optional<at::Tensor>& b_ih;
+  const c10::optional<at::Tensor>& b_hh;
+  const c10::optional<at::Tensor>& w_hr;
+  bool reverse;
+  bool train;
+};
+
+// Checks shared by forward and backward; returns the schedule and sizes.
+std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a);
+
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor, at::Tensor>;
+
+template <class Backend, class scalar_t>
+ForwardResult layer_forward(const ForwardArgs& a) {
+  auto [s, d] = check_layer_args(a);
+  const at::Tensor x = a.input.contiguous();
+  const at::Tensor w_hh = a.w_hh.contiguous();
+  const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
+  auto opts = x.options();
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = d.P;
+  at::Tensor output = at::empty(out_shape, opts);
+  at::Tensor h_state = a.hx.contiguous().clone();
+  at::Tensor c_state = d.mode == Mode::LSTM ? a.cx->contiguous().clone() : at::empty({0}, opts);
+  at::Tensor workspace = at::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
+  if (s.N == 0) return {output, h_state, c_state, workspace};
+
+  // One GEMM for the input projection of every step, biases folded in.
+  const at::Tensor x2d = x.view({s.N, d.I});
+  const at::Tensor bias = input_bias(d.mode, a.b_ih, a.b_hh, d.H);
+  at::Tensor xproj = bias.defined() ? at::addmm(bias, x2d, a.w_ih.t()) : at::mm(x2d, a.w_ih.t());
+  at::Tensor b_hn;
+  if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
+
+  at::Tensor hg = at::empty({s.B, d.G}, opts);
+  at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
+  WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
+  auto run = [&](auto train) {
+    forward_loop<Backend, scalar_t, decltype(train)::value>(
+        s, d, a.reverse, xproj.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
+        d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr,
+        b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
+        h_state.data_ptr<scalar_t>(),
+        d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
+        r_scratch.data_ptr<scalar_t>(), ws);
+  };
+  if (a.train) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
+  return {output, h_state, c_state, workspace};
+}
+
+template <class Backend, class scalar_t>
+BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
+                              const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                              const c10::optional<at::Tensor>& grad_cy) {
+  auto [s, d] = check_layer_args(a);
+  TORCH_CHECK(workspace.numel() == s.N * d.ws_cols(),
+              "fused_rnn: the workspace does not match this layer (was the forward run with "
+              "train=False?)");
+  const at::Tensor x = a.input.contiguous();
+  auto opts = x.options();
+  const at::Tensor x2d = x.view({s.N, d.I});
+  const at::Tensor dout = grad_output.contiguous().view({s.N, d.P});
+  at::Tensor dh_state = grad_hy.contiguous().clone();
+  at::Tensor dc_state = d.mode == Mode::LSTM ? grad_cy->contiguous().clone() : at::empty({0}, opts);
+
+  const bool gru = d.mode == Mode::GRU;
+  at::Tensor dgates_x = at::empty({s.N, d.G}, opts);
+  at::Tensor dgates_h = gru ? at::empty({s.N, d.G}, opts) : dgates_x;
+  at::Tensor dh_all = at::empty({d.proj ? s.N : 0, d.P}, opts);
+  at::Tensor dr = at::empty({d.proj ? s.B : 0, d.H}, opts);
+
+  if (s.N > 0) {
+    const at::Tensor w_hh = a.w_hh.contiguous();
+    const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
+    // const_cast: the workspace is only read here; WorkspaceView is shared with the forward.
+    WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
+                               s.N);
+    backward_loop<Backend, scalar_t>(
+        s, d, a.reverse, w_hh.const_data_ptr<scalar_t>(),
+        d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws, dout.const_data_ptr<scalar_t>(),
+        dh_state.data_ptr<scalar_t>(),
+        d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
+        dgates_x.data_ptr<scalar_t>(), dgates_h.data_ptr<scalar_t>(),
+        d.proj ? dh_all.data_ptr<scalar_t>() : nullptr, d.proj ? dr.data_ptr<scalar_t>() : nullptr);
+  }
+
+  // Weight gradients: one GEMM each over all time-major rows.
+  const at::Tensor h_prev = workspace.narrow(0, s.N * d.saved_cols(), s.N * d.P).view({s.N, d.P});
+  at::Tensor grad_input = at::mm(dgates_x, a.w_ih).view(x.sizes());
+  at::Tensor grad_w_ih = at::mm(dgates_x.t(), x2d);
+  at::Tensor grad_w_hh = at::mm(dgates_h.t(), h_prev);
+  at::Tensor grad_b_ih = a.b_ih ? dgates_x.sum(0) : at::empty({0}, opts);
+  at::Tensor grad_b_hh = a.b_hh ? (gru ? dgates_h.sum(0) : grad_b_ih.clone()) : at::empty({0}, opts);
+  at::Tensor grad_w_hr = at::empty({0}, opts);
+  if (d.proj) {
+    const int64_t r_off = s.N * (d.saved_cols() + d.P + d.H);
+    grad_w_hr = at::mm(dh_all.t(), workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
+  }
+  return {grad_input, dh_state,  dc_state,  grad_w_ih,
+          grad_w_hh,  grad_b_ih, grad_b_hh, grad_w_hr};
+}
+
+Mode parse_mode(c10::string_view mode);
+
+// The op entry points, instantiated by each backend with its own dtype dispatch:
+//   Backend::dispatch(dtype, fn) calls fn(static_cast<scalar_t*>(nullptr)).
+template <class Backend>
+ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
+                          const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                          const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                          const c10::optional<at::Tensor>& b_hh,
+                          const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
+  const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                      reverse, train};
+  ForwardResult result;
+  Backend::dispatch(input.scalar_type(), [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    result = layer_forward<Backend, scalar_t>(a);
+  });
+  return result;
+}
+
+template <class Backend>
+BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
+                            const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                            const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh,
+                            const c10::optional<at::Tensor>& w_hr, bool reverse,
+                            const at::Tensor& workspace, const at::Tensor& grad_output,
+                            const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy) {
+  const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                      reverse, true};
+  BackwardResult result;
+  Backend::dispatch(input.scalar_type(), [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy);
+  });
+  return result;
+}
+
+}  // namespace fused_rnn

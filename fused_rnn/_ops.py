@@ -1,0 +1,104 @@
+"""The registered ops: loading the extension, fake (meta) kernels and autograd.
+
+`torch.ops.fused_rnn.rnn_forward` runs one layer in one direction over a whole sequence
+(csrc/ops.cpp documents its arguments); its backward is the registered op
+`torch.ops.fused_rnn.rnn_backward`. Both have fake kernels, so `torch.compile(fullgraph=True)`
+traces through them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.fused_rnn.*)
+
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# Values per hidden unit that forward saves for backward (csrc/cells.h: saved_of).
+_SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def gates_of(mode: str) -> int:
+    return _GATES[mode]
+
+
+def workspace_numel(mode: str, rows, hidden: int, state: int, proj: bool):
+    """Size of the training workspace of one layer-direction (csrc/sequence.h: LayerDims::ws_cols):
+    saved gates | h_{t-1} | c_{t-1} (LSTM) | o*tanh(c) (projected LSTM), per time-major row."""
+    cols = _SAVED[mode] * hidden + state
+    if mode == "LSTM":
+        cols += hidden
+    if proj:
+        cols += hidden
+    return rows * cols
+
+
+@torch.library.register_fake("fused_rnn::rnn_forward")
+def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                      train):
+    hidden = w_ih.shape[0] // gates_of(mode)
+    state = hx.shape[1]
+    rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+    output = input.new_empty((*input.shape[:-1], state))
+    hy = hx.new_empty(hx.shape)
+    cy = cx.new_empty(cx.shape) if mode == "LSTM" else input.new_empty((0,))
+    numel = workspace_numel(mode, rows, hidden, state, w_hr is not None) if train else 0
+    return output, hy, cy, input.new_empty((numel,))
+
+
+@torch.library.register_fake("fused_rnn::rnn_backward")
+def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                       workspace, grad_output, grad_hy, grad_cy):
+    def like(t):
+        return torch.empty_like(t) if t is not None else input.new_empty((0,))
+
+    return (like(input), like(hx), like(cx if mode == "LSTM" else None), like(w_ih), like(w_hh),
+            like(b_ih), like(b_hh), like(w_hr))
+
+
+def _setup_context(ctx, inputs, output):
+    mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs
+    ctx.mode, ctx.reverse, ctx.train = mode, reverse, train
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output[3])
+
+
+def _backward(ctx, grad_output, grad_hy, grad_cy, _grad_workspace):
+    if not ctx.train:
+        raise RuntimeError(
+            "fused_rnn: rnn_forward was called with train=False, so it saved nothing to "
+            "differentiate; call it with train=True when gradients are needed")
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, workspace = ctx.saved_tensors
+    state = hx.shape[1]
+    rows_shape = (*input.shape[:-1], state)
+    if grad_output is None:
+        grad_output = input.new_zeros(rows_shape)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    if ctx.mode == "LSTM" and grad_cy is None:
+        grad_cy = torch.zeros_like(cx)
+    grads = torch.ops.fused_rnn.rnn_backward(
+        ctx.mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
+        workspace, grad_output, grad_hy, grad_cy if ctx.mode == "LSTM" else None)
+    g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr = grads
+    return (None, g_input, None, g_hx, g_cx if cx is not None else None, g_w_ih, g_w_hh,
+            g_b_ih if b_ih is not None else None, g_b_hh if b_hh is not None else None,
+            g_w_hr if w_hr is not None else None, None, None)
+
+
+torch.library.register_autograd("fused_rnn::rnn_forward", _backward, setup_context=_setup_context)
+
+
+def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
+              reverse: bool = False, train: bool | None = None):
+    """One layer, one direction: returns (output, h_n, c_n) (c_n empty unless LSTM).
+
+    `train` (default: whether autograd will need the result) decides whether the workspace that
+    backward reads is kept.
+    """
+    if train is None:
+        train = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+    output, hy, cy, _ = torch.ops.fused_rnn.rnn_forward(
+        mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
+    return output, hy, cy

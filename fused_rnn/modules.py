@@ -1,0 +1,177 @@
+"""Drop-in replacements for torch.nn.LSTM, GRU and RNN on the fused kernels.
+
+`RNNBase` derives from `torch.nn.RNNBase`, so parameter creation, names
+(`weight_ih_l{k}{_reverse}` ...), shapes, initialisation, constructor checks, `extra_repr`,
+pickling and `load_state_dict` are torch.nn's own: a state dict moves between the two in both
+directions unchanged. It is deliberately not a subclass of torch.nn.LSTM/GRU/RNN, which
+torch.compile refuses to trace ("Attempted to wrap RNN, GRU, or LSTM").
+
+The forward reproduces torch.nn's argument handling and error messages, then runs
+`functional.rnn`, whose per-layer time loop is one fused op.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import functional
+
+__all__ = ["RNNBase", "LSTM", "GRU", "RNN"]
+
+# Names torch.nn's forward uses in its "Expected input to be 2D or 3D" message.
+_DIM_ERROR = {
+    "LSTM": "LSTM: Expected input to be 2D or 3D, got {}D instead",
+    "GRU": "GRU: Expected input to be 2D or 3D, got {}D instead",
+    "RNN_TANH": "RNN: Expected input to be 2D or 3D, got {}D tensor instead",
+    "RNN_RELU": "RNN: Expected input to be 2D or 3D, got {}D tensor instead",
+}
+
+
+class RNNBase(torch.nn.RNNBase):
+    """Shared forward of the fused LSTM, GRU and RNN (see the module docstring)."""
+
+    def flatten_parameters(self) -> None:
+        """No-op: the fused kernels read each parameter where it is (torch.nn packs them into
+        one buffer for cuDNN)."""
+
+    def _zeros_state(self, input: Tensor, batch: int):
+        directions = 2 if self.bidirectional else 1
+        state = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h = torch.zeros(self.num_layers * directions, batch, state, dtype=input.dtype,
+                        device=input.device)
+        if self.mode != "LSTM":
+            return h
+        c = torch.zeros(self.num_layers * directions, batch, self.hidden_size,
+                        dtype=input.dtype, device=input.device)
+        return h, c
+
+    def _check_hx_dims(self, hx, batched: bool) -> None:
+        """torch.nn's checks that hx has as many dimensions as the (batched) input."""
+        want = 3 if batched else 2
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        if self.mode == "LSTM":
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        elif hx.dim() != want:
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+
+    def forward(self, input, hx=None, *, lengths=None):
+        """torch.nn's forward, plus `lengths=`: on padded input, a 1-D list or tensor of sequence
+        lengths, giving the results of packing the input with them (outputs past a sequence's
+        length are 0, h_n/c_n are taken at each sequence's own last step)."""
+        if lengths is not None:
+            return self._forward_lengths(input, hx, lengths)
+        self._update_flat_weights()
+        lstm = self.mode == "LSTM"
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = self._zeros_state(input, int(batch_sizes[0]))
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            batched = True
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                raise ValueError(_DIM_ERROR[self.mode].format(input.dim()))
+            batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is None:
+                hx = self._zeros_state(input, input.size(batch_dim))
+            else:
+                self._check_hx_dims(hx, batched)
+                if not batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if lstm else hx.unsqueeze(1)
+        self.check_forward_args(input, hx, batch_sizes)
+
+        if not packed and self.batch_first:
+            input = input.transpose(0, 1)
+        h0, c0 = hx if lstm else (hx, None)
+        output, h_n, c_n = functional.rnn(
+            self.mode, input, batch_sizes, h0, c0, self._flat_weights, self.bias,
+            self.num_layers, self.dropout, self.training, self.bidirectional, self.proj_size > 0)
+        hidden = (h_n, c_n) if lstm else h_n
+
+        if packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hidden, unsorted_indices)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
+        return output, hidden
+
+    def _forward_lengths(self, input: Tensor, hx, lengths):
+        if isinstance(input, PackedSequence):
+            raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
+        if input.dim() != 3:
+            raise ValueError(
+                f"lengths= needs batched 3-D input, got a {input.dim()}-D tensor")
+        if torch.is_tensor(lengths):
+            lengths = lengths.to("cpu", torch.int64)
+        else:
+            lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        batch = input.size(0 if self.batch_first else 1)
+        if lengths.dim() != 1 or lengths.numel() != batch:
+            raise ValueError(
+                f"lengths must be a 1-D sequence with one length per batch element ({batch}), "
+                f"got shape {tuple(lengths.shape)}")
+        total = input.size(1 if self.batch_first else 0)
+        if lengths.numel() and int(lengths.max()) > total:
+            raise ValueError(
+                f"lengths must not exceed the sequence length {total}, got {int(lengths.max())}")
+        packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first,
+                                      enforce_sorted=False)
+        output, hidden = self.forward(packed, hx)
+        output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=total)
+        return output, hidden
+
+
+class LSTM(RNNBase):
+    """Drop-in for torch.nn.LSTM (same arguments, parameters, outputs and errors)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+
+class GRU(RNNBase):
+    """Drop-in for torch.nn.GRU (same arguments, parameters, outputs and errors)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class RNN(RNNBase):
+    """Drop-in for torch.nn.RNN (same arguments, parameters, outputs and errors)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)

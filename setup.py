@@ -1,0 +1,102 @@
+"""Builds fused_rnn._C against the installed torch.
+
+CUDA sources are compiled whenever nvcc and a CUDA build of torch are present, with or without
+a GPU on the machine. FUSED_RNN_CPU_ONLY=1 forces a CPU-only build. Without a GPU to detect,
+the architectures come from TORCH_CUDA_ARCH_LIST (default "8.0;9.0": A100, H100/H200).
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def find_cuda_home():
+    """The toolkit root that holds nvcc and lib64 (torch may guess a folder without lib64)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")) and (
+            os.path.isdir(os.path.join(root, "lib64")) or os.path.isdir(os.path.join(root, "lib"))
+        ):
+            return root
+    return None
+
+
+def want_cuda():
+    if os.environ.get("FUSED_RNN_CPU_ONLY", "0") not in ("", "0"):
+        return False, "FUSED_RNN_CPU_ONLY is set"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    if find_cuda_home() is None:
+        return False, "no CUDA toolkit (nvcc) found"
+    return True, ""
+
+
+def nvidia_wheel_includes():
+    """cublas_v2.h / cusparse.h that the CUDA torch wheel's headers include live here."""
+    found = []
+    for site in sys.path:
+        found += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+        found += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    return sorted({p for p in found if os.path.isdir(p)})
+
+
+def extension():
+    use_cuda, why_not = want_cuda()
+    sources = ["csrc/ops.cpp", "csrc/sequence.cpp", "csrc/cpu/rnn_cpu.cpp"]
+    cxx_flags = ["-O3"]
+    extra = {"cxx": cxx_flags}
+    archs = ""
+    if use_cuda:
+        cuda_home = find_cuda_home()
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        extra["cxx"] = cxx_flags + ["-DFUSED_RNN_WITH_CUDA"]
+        extra["nvcc"].append("-DFUSED_RNN_WITH_CUDA")
+        ext = cpp_extension.CUDAExtension(
+            "fused_rnn._C", sources, extra_compile_args=extra,
+            include_dirs=nvidia_wheel_includes(),
+        )
+        print(f"fused_rnn: building CPU + CUDA kernels (archs {archs}, CUDA_HOME {cuda_home})")
+    else:
+        ext = cpp_extension.CppExtension("fused_rnn._C", sources, extra_compile_args=extra)
+        print(f"fused_rnn: building CPU kernels only ({why_not})")
+    write_build_info(use_cuda, archs)
+    return ext
+
+
+def write_build_info(use_cuda, archs):
+    """What the build holds, for fused_rnn.backend_info()."""
+    with open(os.path.join(ROOT, "fused_rnn", "_build_info.py"), "w") as f:
+        f.write("# Written by setup.py at build time.\n")
+        f.write(f"CUDA = {use_cuda!r}\n")
+        f.write(f"CUDA_ARCHS = {archs!r}\n")
+        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write(f"TORCH_CUDA_VERSION = {torch.version.cuda!r}\n")
+
+
+setup(
+    name="fused_rnn",
+    version="0.1.0",
+    description="Fused RNN/LSTM/GRU kernels for PyTorch: CPU and CUDA, drop-in torch.nn modules",
+    packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    python_requires=">=3.9",
+)
