@@ -20,17 +20,18 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
 def find_cuda_home():
-    """The toolkit root that holds nvcc and lib64 (torch may guess a folder without lib64)."""
+    """The toolkit root that holds nvcc and libcudart. torch guesses it from nvcc's folder, which
+    can be a wrapper script's (/usr/local/bin), and linking then fails on -lcudart."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        real = os.path.realpath(nvcc)
-        candidates.append(os.path.dirname(os.path.dirname(real)))
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
     for root in candidates:
-        if root and os.path.exists(os.path.join(root, "bin", "nvcc")) and (
-            os.path.isdir(os.path.join(root, "lib64")) or os.path.isdir(os.path.join(root, "lib"))
-        ):
+        if not root or not os.path.exists(os.path.join(root, "bin", "nvcc")):
+            continue
+        if glob.glob(os.path.join(root, "lib64", "libcudart.so*")) or glob.glob(
+                os.path.join(root, "targets", "*", "lib", "libcudart.so*")):
             return root
     return None
 
@@ -54,6 +55,22 @@ def nvidia_wheel_includes():
     return sorted({p for p in found if os.path.isdir(p)})
 
 
+def find_cublas(cuda_home):
+    """libcublas to link: the toolkit's, else the one the CUDA torch wheel brings (the toolkit on
+    these machines ships no cuBLAS). Linked by path; at run time its soname resolves to the copy
+    torch has already loaded."""
+    dirs = [os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib")]
+    for site in sys.path:
+        dirs += glob.glob(os.path.join(site, "nvidia", "cu*", "lib"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "cublas", "lib"))
+    for d in dirs:
+        found = sorted(glob.glob(os.path.join(d, "libcublas.so*")), key=len)
+        if found:
+            return found[0]
+    raise RuntimeError("fused_rnn: no libcublas found next to the CUDA toolkit or in the torch "
+                       "wheel's nvidia packages; set FUSED_RNN_CPU_ONLY=1 for a CPU-only build")
+
+
 def extension():
     use_cuda, why_not = want_cuda()
     sources = ["csrc/ops.cpp", "csrc/sequence.cpp", "csrc/cpu/rnn_cpu.cpp"]
@@ -71,7 +88,7 @@ def extension():
         extra["nvcc"].append("-DFUSED_RNN_WITH_CUDA")
         ext = cpp_extension.CUDAExtension(
             "fused_rnn._C", sources, extra_compile_args=extra,
-            include_dirs=nvidia_wheel_includes(),
+            include_dirs=nvidia_wheel_includes(), extra_link_args=[find_cublas(cuda_home)],
         )
         print(f"fused_rnn: building CPU + CUDA kernels (archs {archs}, CUDA_HOME {cuda_home})")
     else:

@@ -303,8 +303,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
 
 Mode parse_mode(c10::string_view mode);
 
-// The op entry points, instantiated by each backend with its own dtype dispatch:
-//   Backend::dispatch(dtype, fn) calls fn(static_cast<scalar_t*>(nullptr)).
+// The op entry points, instantiated by each backend with its own dtype dispatch and device guard:
+//   Backend::dispatch(dtype, fn) calls fn(static_cast<scalar_t*>(nullptr));
+//   Backend::DeviceGuard(device) makes the input's device current for the call.
 template <class Backend>
 ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
@@ -314,6 +315,7 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse, train};
+  typename Backend::DeviceGuard guard(input.device());
   ForwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
@@ -333,6 +335,7 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy) {
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse, true};
+  typename Backend::DeviceGuard guard(input.device());
   BackwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;

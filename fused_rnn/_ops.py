@@ -8,6 +8,8 @@ traces through them.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.fused_rnn.*)
@@ -88,6 +90,21 @@ def _backward(ctx, grad_output, grad_hy, grad_cy, _grad_workspace):
 torch.library.register_autograd("fused_rnn::rnn_forward", _backward, setup_context=_setup_context)
 
 
+@functools.lru_cache(maxsize=None)
+def _has_cuda_kernels() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fused_rnn::rnn_forward", "CUDA")
+
+
+def check_build(device: torch.device) -> None:
+    """A CUDA tensor given to a build without CUDA kernels: say so, and how to fix it."""
+    if device.type == "cuda" and not _has_cuda_kernels():
+        raise RuntimeError(
+            "fused_rnn was built without CUDA kernels, so it cannot run on CUDA tensors. Rebuild "
+            "it where nvcc and a CUDA build of torch are installed (pip install "
+            "--no-build-isolation -e . , without FUSED_RNN_CPU_ONLY=1 set); "
+            "fused_rnn.backend_info() shows what the current build holds.")
+
+
 def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
               reverse: bool = False, train: bool | None = None):
     """One layer, one direction: returns (output, h_n, c_n) (c_n empty unless LSTM).
@@ -95,6 +112,7 @@ def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh
     `train` (default: whether autograd will need the result) decides whether the workspace that
     backward reads is kept.
     """
+    check_build(input.device)
     if train is None:
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad

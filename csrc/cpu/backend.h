@@ -40,6 +40,9 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
 }
 
 struct CPUBackend {
+  struct DeviceGuard {
+    explicit DeviceGuard(c10::Device) {}
+  };
   // Rows per parallel_for task are chosen so a task has at least this many elements: below it
   // the fork/join costs more than the work (seed-sized models have 4-128 hidden units).
   static constexpr int64_t kPointwiseGrain = 16384;

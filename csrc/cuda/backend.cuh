@@ -1,0 +1,101 @@
+// CUDA backend of the time loop: cuBLAS GEMMs (ATen's handle, bound to the current stream), one
+// kernel launch per pointwise functor, device-to-device copies on the current stream. Nothing
+// here allocates or synchronises with the host, so the loop in sequence.h only enqueues work.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <cublas_v2.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../cells.h"
+
+namespace fused_rnn {
+
+template <class F>
+__global__ void pointwise_kernel(F f, int64_t rows, int64_t cols) {
+  using V = at::opmath_type<typename F::scalar_type>;  // fp16/bf16 math runs in fp32
+  const int64_t total = rows * cols;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    f.template apply<V>(idx / cols, idx % cols);
+  }
+}
+
+// cuBLAS, column-major, on ATen's handle (which getCurrentCUDABlasHandle binds to the current
+// stream). ATen does not export its own at::cuda::blas::gemm specialisations.
+inline cublasOperation_t cublas_op(bool transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+inline void check_cublas(cublasStatus_t status) {
+  TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fused_rnn: cuBLAS call failed with status ",
+              static_cast<int>(status));
+}
+
+inline void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                        float alpha, const float* a, int lda, const float* b, int ldb, float beta,
+                        float* c, int ldc) {
+  check_cublas(cublasSgemm(at::cuda::getCurrentCUDABlasHandle(), ta, tb, m, n, k, &alpha, a, lda,
+                           b, ldb, &beta, c, ldc));
+}
+inline void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                        double alpha, const double* a, int lda, const double* b, int ldb,
+                        double beta, double* c, int ldc) {
+  check_cublas(cublasDgemm(at::cuda::getCurrentCUDABlasHandle(), ta, tb, m, n, k, &alpha, a, lda,
+                           b, ldb, &beta, c, ldc));
+}
+// fp16/bf16 storage, fp32 accumulation.
+template <class scalar_t>
+inline void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                        float alpha, const scalar_t* a, int lda, const scalar_t* b, int ldb,
+                        float beta, scalar_t* c, int ldc) {
+  constexpr cudaDataType_t type =
+      std::is_same<scalar_t, at::Half>::value ? CUDA_R_16F : CUDA_R_16BF;
+  check_cublas(cublasGemmEx(at::cuda::getCurrentCUDABlasHandle(), ta, tb, m, n, k, &alpha, a, type,
+                            lda, b, type, ldb, &beta, c, type, ldc, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+}
+
+struct CUDABackend {
+  using DeviceGuard = c10::cuda::CUDAGuard;
+  static constexpr int kThreads = 256;
+
+  template <class scalar_t>
+  static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, scalar_t alpha,
+                   const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
+                   scalar_t* C, int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    using opmath_t = at::opmath_type<scalar_t>;
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+    cublas_gemm(cublas_op(tb), cublas_op(ta), int(n), int(m), int(k), opmath_t(alpha), B, int(ldb),
+                A, int(lda), opmath_t(beta), C, int(ldc));
+  }
+
+  template <class scalar_t>
+  static void copy(scalar_t* dst, const scalar_t* src, int64_t count) {
+    if (count == 0) return;
+    C10_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(scalar_t) * count, cudaMemcpyDeviceToDevice,
+                                   at::cuda::getCurrentCUDAStream()));
+  }
+
+  template <class F>
+  static void pointwise(const F& f, int64_t rows, int64_t cols) {
+    const int64_t total = rows * cols;
+    if (total == 0) return;
+    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535);
+    pointwise_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, rows, cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <class Fn>
+  static void dispatch(at::ScalarType dtype, Fn&& fn) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_rnn (CUDA)",
+                                    [&] { fn(static_cast<scalar_t*>(nullptr)); });
+  }
+};
+
+}  // namespace fused_rnn

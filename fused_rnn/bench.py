@@ -1,0 +1,328 @@
+"""Benchmark engine: fused_rnn vs torch.nn on the seed models' shapes.
+
+One definition of the shapes (SHAPES) serves the CLI (`python -m fused_rnn bench`), the
+pytest-benchmark files in benchmarks/ and the README. For each shape: a parity check of fused vs
+torch.nn on it, then forward and forward+backward timings of both, interleaved in one run
+(warm-up, repeats, best and median), with FLOP rates against a GEMM peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fused_rnn
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    mode: str  # LSTM | GRU | RNN_TANH | RNN_RELU
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False  # lengths spread evenly over [min_len, T]
+    min_len: int = 1
+    batch_first: bool = False
+    sets: tuple = ("default",)
+    note: str = ""
+
+    def lengths(self):
+        if not self.packed:
+            return [self.T] * self.B
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(self.min_len, self.T + 1, (self.B,), generator=g).tolist()
+
+    def tokens(self):
+        return sum(self.lengths())
+
+    def flops(self, backward: bool) -> float:
+        """GEMM FLOPs (the bound): 2*tokens*G*(I+H) per layer-direction forward; backward does
+        about twice the forward's (dx and dW_ih; dh and dW_hh)."""
+        gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1) * self.H
+        dirs = 2 if self.bidirectional else 1
+        total = 0.0
+        for layer in range(self.layers):
+            inp = self.I if layer == 0 else self.H * dirs
+            total += dirs * 2.0 * self.tokens() * gates * (inp + self.H)
+        return total * (3 if backward else 1)
+
+
+SHAPES = [
+    Shape("toxic_lstm", "LSTM", 150, 32, 3, 4, batch_first=True, sets=("default", "seeds"),
+          note="seed 000: Embedding(V,3) -> LSTM(3,4)"),
+    Shape("imdb_lstm", "LSTM", 500, 32, 20, 64, sets=("default", "seeds"),
+          note="seed 001: LSTM(20,64), padded"),
+    Shape("imdb_lstm_packed", "LSTM", 500, 32, 20, 64, packed=True, min_len=50,
+          sets=("default", "seeds", "packed"), note="seed 001: packed, lengths 50..500"),
+    Shape("imdb_gru", "GRU", 500, 32, 20, 64, sets=("default", "gru"),
+          note="seed 001 with GRU"),
+    Shape("seed001_rnn", "RNN_TANH", 200, 32, 64, 32, layers=2, batch_first=True,
+          sets=("default", "seeds"), note="seed 001: RNN(64,32,2 layers)"),
+    Shape("tweets_bilstm", "LSTM", 40, 32, 100, 128, bidirectional=True, packed=True, min_len=5,
+          sets=("default", "seeds", "packed"), note="seed 002: BiLSTM(100,128) packed"),
+    Shape("mnist_rows_rnn", "RNN_TANH", 28, 100, 28, 128, layers=2, batch_first=True,
+          sets=("default", "seeds"), note="seed 003: 28 rows x 28 pixels, 2 layers"),
+    Shape("char_rnn", "RNN_TANH", 6, 1, 5, 3, batch_first=True, sets=("default", "seeds"),
+          note="seed 003: hihell -> ihello"),
+    Shape("fastrnns_lstm", "LSTM", 100, 64, 512, 512, sets=("default", "large"),
+          note="torch fastrnns default"),
+    Shape("small_batch_lstm", "LSTM", 200, 4, 256, 256, sets=("default", "large"),
+          note="small batch"),
+]
+
+
+def select(names_or_sets: str | None):
+    """Shapes by comma-separated names or set names ('default', 'seeds', 'packed', ...)."""
+    if not names_or_sets:
+        names_or_sets = "default"
+    wanted = [w.strip() for w in names_or_sets.split(",") if w.strip()]
+    chosen = [s for s in SHAPES if s.name in wanted or any(w in s.sets for w in wanted)]
+    unknown = [w for w in wanted if not any(w == s.name or w in s.sets for s in SHAPES)]
+    if unknown:
+        raise SystemExit(f"unknown shape or set: {', '.join(unknown)}; "
+                         f"known: {', '.join(s.name for s in SHAPES)}")
+    return chosen
+
+
+def build(shape: Shape, device, dtype=torch.float32, seed=0):
+    """(torch.nn module, fused module with the same weights, function making the input)."""
+    cls = {"LSTM": "LSTM", "GRU": "GRU"}.get(shape.mode, "RNN")
+    kwargs = dict(num_layers=shape.layers, bidirectional=shape.bidirectional,
+                  batch_first=shape.batch_first, device=device, dtype=dtype)
+    if cls == "RNN":
+        kwargs["nonlinearity"] = "relu" if shape.mode == "RNN_RELU" else "tanh"
+    torch.manual_seed(seed)
+    ref = getattr(torch.nn, cls)(shape.I, shape.H, **kwargs)
+    fused = getattr(fused_rnn, cls)(shape.I, shape.H, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    dims = (shape.B, shape.T, shape.I) if shape.batch_first else (shape.T, shape.B, shape.I)
+    x = torch.randn(*dims, device=device, dtype=dtype)
+    lengths = shape.lengths()
+
+    def make_input(requires_grad):
+        """(module input, the leaf tensor behind it)."""
+        leaf = x.detach().requires_grad_(requires_grad)
+        if shape.packed:
+            return pack_padded_sequence(leaf, lengths, batch_first=shape.batch_first,
+                                        enforce_sorted=False), leaf
+        return leaf, leaf
+
+    return ref, fused, make_input
+
+
+def _outputs(result):
+    out, hidden = result
+    out = out if torch.is_tensor(out) else out.data  # PackedSequence
+    hidden = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    return [out] + hidden
+
+
+def parity(shape: Shape, device) -> float:
+    """Largest relative difference of fused vs torch.nn on this shape (fp64): outputs, states and
+    every gradient."""
+    ref, fused, make_input = build(shape, device, torch.float64)
+    worst = 0.0
+    results = []
+    for m in (ref, fused):
+        inp, leaf = make_input(True)
+        outs = _outputs(m(inp))
+        loss = sum(o.sin().sum() for o in outs)
+        grads = torch.autograd.grad(loss, [leaf] + list(m.parameters()))
+        results.append(outs + list(grads))
+    for a, b in zip(*results):
+        scale = a.abs().max().item() or 1.0
+        worst = max(worst, (a - b).abs().max().item() / scale)
+    return worst
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step(module, make_input, backward):
+    if backward:
+        outs = _outputs(module(make_input(True)[0]))
+        sum(o.sum() for o in outs).backward()
+    else:
+        with torch.no_grad():
+            module(make_input(False)[0])
+
+
+def time_pair(shape: Shape, device, repeats=5, warmup=2, min_time=0.05):
+    """Interleaved timings (seconds per call) of torch.nn and fused: {impl: {pass: [times]}}."""
+    ref, fused, make_input = build(shape, device)
+    impls = {"torch": ref, "fused": fused}
+    times = {impl: {"fwd": [], "fwd_bwd": []} for impl in impls}
+    for pass_name, backward in (("fwd", False), ("fwd_bwd", True)):
+        for impl, module in impls.items():
+            for _ in range(warmup):
+                _step(module, make_input, backward)
+        # Calls per timed sample, so each sample lasts at least min_time.
+        _sync(device)
+        start = time.perf_counter()
+        _step(fused, make_input, backward)
+        _sync(device)
+        once = max(time.perf_counter() - start, 1e-6)
+        inner = max(1, int(min_time / once))
+        for _ in range(repeats):
+            for impl, module in impls.items():
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(inner):
+                    _step(module, make_input, backward)
+                _sync(device)
+                times[impl][pass_name].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def gemm_peak(device, dtype=torch.float32, n=1024, repeats=5) -> float:
+    """GFLOP/s of a square matmul on this device, measured now."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total, enabled=True):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+
+    def step(self, label):
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = int(width * self.done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done}/{self.total} {label:<24}")
+            sys.stderr.flush()
+            if self.done == self.total:
+                sys.stderr.write("\n")
+
+
+def run(shapes, device="cpu", repeats=5, progress=True, check=True):
+    """Runs the benchmark; returns a JSON-able dict."""
+    peak = gemm_peak(device)
+    rows = []
+    bar = Progress(len(shapes), progress)
+    for shape in shapes:
+        row = {"shape": dataclasses.asdict(shape), "name": shape.name, "tokens": shape.tokens()}
+        if check:
+            row["parity_max_rel_diff"] = parity(shape, device)
+        times = time_pair(shape, device, repeats=repeats)
+        for pass_name in ("fwd", "fwd_bwd"):
+            flops = shape.flops(pass_name == "fwd_bwd")
+            entry = {}
+            for impl in ("torch", "fused"):
+                ts = times[impl][pass_name]
+                best, median = min(ts), statistics.median(ts)
+                entry[impl] = {"best_ms": best * 1e3, "median_ms": median * 1e3,
+                               "gflops": flops / best / 1e9,
+                               "peak_fraction": flops / best / 1e9 / peak}
+            entry["speedup"] = entry["torch"]["best_ms"] / entry["fused"]["best_ms"]
+            entry["bound_ms"] = flops / (peak * 1e9) * 1e3
+            row[pass_name] = entry
+        rows.append(row)
+        bar.step(shape.name)
+    return {
+        "device": device,
+        "machine": machine_description(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gemm_peak_gflops": peak,
+        "date": time.strftime("%Y-%m-%d"),
+        "results": rows,
+    }
+
+
+def machine_description(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def format_table(report) -> str:
+    lines = [
+        f"fused_rnn vs torch.nn on {report['device']} ({report['machine']}), torch "
+        f"{report['torch']}, {report['date']}; GEMM peak {report['gemm_peak_gflops']:.1f} GFLOP/s",
+        "",
+        "| shape | T,B,I,H | parity | fwd torch ms | fwd fused ms | fwd speedup | "
+        "fwd+bwd torch ms | fwd+bwd fused ms | fwd+bwd speedup | fused GFLOP/s | "
+        "of peak | bound ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        s = row["shape"]
+        f, fb = row["fwd"], row["fwd_bwd"]
+        dims = f"{s['T']},{s['B']},{s['I']},{s['H']}"
+        if s["layers"] > 1:
+            dims += f" x{s['layers']}L"
+        if s["bidirectional"]:
+            dims += " bi"
+        if s["packed"]:
+            dims += " packed"
+        par = row.get("parity_max_rel_diff")
+        lines.append(
+            f"| {row['name']} | {dims} | {'-' if par is None else f'{par:.0e}'} | "
+            f"{f['torch']['best_ms']:.3f} | {f['fused']['best_ms']:.3f} | {f['speedup']:.2f}x | "
+            f"{fb['torch']['best_ms']:.3f} | {fb['fused']['best_ms']:.3f} | "
+            f"{fb['speedup']:.2f}x | {fb['fused']['gflops']:.2f} | "
+            f"{fb['fused']['peak_fraction'] * 100:.1f}% | {fb['bound_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in report["results"]]
+    fwd = [r["fwd"]["speedup"] for r in report["results"]]
+    fwd_bwd = [r["fwd_bwd"]["speedup"] for r in report["results"]]
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], fwd, 0.4, label="forward")
+    ax.bar([x + 0.2 for x in xs], fwd_bwd, 0.4, label="forward+backward")
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("speedup over torch.nn (x)")
+    ax.set_title(f"fused_rnn vs torch.nn, {report['machine']}, {report['date']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def save_json(report, path):
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)

@@ -1,0 +1,78 @@
+"""Shared helpers: build a torch.nn / fused_rnn pair with equal weights and compare them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fused_rnn
+
+# DESIGN.md's tolerances.
+TOL = {torch.float64: dict(atol=1e-8, rtol=1e-7), torch.float32: dict(atol=2e-5, rtol=1e-4)}
+
+MODES = {  # name -> (torch.nn class name, constructor kwargs)
+    "LSTM": ("LSTM", {}),
+    "GRU": ("GRU", {}),
+    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+}
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_pair(mode, *args, device="cpu", dtype=torch.float64, **kwargs):
+    """torch.nn module and fused_rnn module of the same configuration and weights."""
+    cls, extra = MODES[mode]
+    kwargs = {**extra, **kwargs}
+    ref = getattr(torch.nn, cls)(*args, device=device, dtype=dtype, **kwargs)
+    fused = getattr(fused_rnn, cls)(*args, device=device, dtype=dtype, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def flatten(out):
+    """Tensors of an RNN's (output, hidden), PackedSequence data included."""
+    output, hidden = out
+    if isinstance(output, PackedSequence):
+        output = output.data
+    hidden = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    return [output] + hidden
+
+
+def run_and_grad(module, call, leaves, weights_of_loss):
+    """Forward (`call(module)`), then gradients of a random linear functional of every output
+    tensor with respect to `leaves` (input, hx, ...) and every parameter."""
+    tensors = flatten(call(module))
+    loss = sum((t * w).sum() for t, w in zip(tensors, weights_of_loss))
+    grads = torch.autograd.grad(loss, list(leaves) + list(module.parameters()), allow_unused=True)
+    return tensors, grads
+
+
+def assert_same_run(ref, fused, call, leaves=(), dtype=torch.float64):
+    """Runs `call(module)` on both and asserts equal outputs, states and gradients of `leaves`
+    and every parameter (DESIGN.md tolerances)."""
+    with torch.no_grad():
+        ref_out = flatten(call(ref))
+    weights = [torch.randn_like(t) for t in ref_out]
+    t_ref, g_ref = run_and_grad(ref, call, leaves, weights)
+    t_fus, g_fus = run_and_grad(fused, call, leaves, weights)
+    assert len(t_ref) == len(t_fus)
+    for a, b in zip(t_ref, t_fus):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, **TOL[dtype])
+    names = [f"leaf {i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, g_ref, g_fus, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, **TOL[dtype], msg=lambda m: f"grad of {name}: {m}")
+
+
+def packed_input(T, B, I, lengths, enforce_sorted, dtype, device="cpu"):
+    x = torch.randn(T, B, I, dtype=dtype, device=device, requires_grad=True)
+    return x, pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

@@ -1,0 +1,95 @@
+"""The CUDA kernels. Without a GPU only the build checks run (CI compiles the CUDA sources on
+every run); on a GPU the parity suite runs against torch.nn with cuDNN, without cuDNN, and
+against fused_rnn's own CPU path, and fp16/bf16 against fp32."""
+
+import os
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fused_rnn
+from conftest import MODES, assert_same_run, make_pair
+from fused_rnn.info import OPS, has_kernel
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.skipif(os.environ.get("FUSED_RNN_REQUIRE_CUDA_BUILD", "0") in ("", "0"),
+                    reason="set FUSED_RNN_REQUIRE_CUDA_BUILD=1 (CI does) to require CUDA kernels")
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_has_a_cuda_kernel(op):
+    """CI builds with nvcc and a CUDA torch: every op must have its CUDA kernel registered."""
+    assert fused_rnn.backend_info()["cuda_compiled"]
+    assert has_kernel(op, "CUDA"), f"fused_rnn::{op} has no CUDA kernel in this build"
+
+
+CONFIGS = [("LSTM", 0), ("LSTM", 3), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
+
+
+def _pair_on(mode, proj, device, dtype, **kw):
+    return make_pair(mode, 5, 6, device=device, dtype=dtype, num_layers=2, bidirectional=True,
+                     **({"proj_size": proj} if proj else {}), **kw)
+
+
+@needs_gpu
+@pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "native"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_against_torch_cuda(mode, proj, packed, cudnn):
+    ref, fused = _pair_on(mode, proj, "cuda", torch.float64)
+    x = torch.randn(7, 4, 5, device="cuda", dtype=torch.float64, requires_grad=True)
+
+    def call(m):
+        inp = pack_padded_sequence(x, [3, 7, 1, 5], enforce_sorted=False) if packed else x
+        return m(inp)
+
+    with torch.backends.cudnn.flags(enabled=cudnn):
+        assert_same_run(ref, fused, call, [x])
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_cuda_equals_cpu_path(mode, proj):
+    _, fused_cpu = _pair_on(mode, proj, "cpu", torch.float64)
+    _, fused_gpu = _pair_on(mode, proj, "cuda", torch.float64)
+    fused_gpu.load_state_dict(fused_cpu.state_dict())
+    x = torch.randn(7, 4, 5, dtype=torch.float64)
+    out_cpu = fused_cpu(x)[0]
+    out_gpu = fused_gpu(x.cuda())[0]
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-8, rtol=1e-7)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_low_precision_against_fp32(mode, proj, dtype):
+    _, fused32 = _pair_on(mode, proj, "cuda", torch.float32)
+    _, fused16 = _pair_on(mode, proj, "cuda", dtype)
+    fused16.load_state_dict(fused32.state_dict())
+    x = torch.randn(7, 4, 5, device="cuda")
+    x16 = x.to(dtype).requires_grad_()
+    x32 = x16.detach().float().requires_grad_()
+    out32, out16 = fused32(x32)[0], fused16(x16)[0]
+    torch.testing.assert_close(out16.float(), out32, atol=1e-2, rtol=1e-2)
+    out32.sum().backward()
+    out16.float().sum().backward()
+    torch.testing.assert_close(x16.grad.float(), x32.grad, atol=1e-2, rtol=1e-2)
+    for (name, p32), p16 in zip(fused32.named_parameters(), fused16.parameters()):
+        torch.testing.assert_close(p16.grad.float(), p32.grad, atol=5e-2, rtol=5e-2, msg=name)
+
+
+@needs_gpu
+def test_mixed_devices_error():
+    fused = fused_rnn.LSTM(5, 6).cuda()
+    with pytest.raises(RuntimeError):
+        fused(torch.randn(3, 2, 5))
+
+
+def test_cuda_tensor_on_cpu_only_build_names_the_fix(monkeypatch):
+    from fused_rnn import _ops
+
+    monkeypatch.setattr(_ops, "_has_cuda_kernels", lambda: False)
+    with pytest.raises(RuntimeError, match="built without CUDA kernels.*FUSED_RNN_CPU_ONLY"):
+        _ops.check_build(torch.device("cuda"))
+    _ops.check_build(torch.device("cpu"))

@@ -1,0 +1,177 @@
+"""fused_rnn vs torch.nn in every configuration: outputs, final states, every gradient."""
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import DEVICES, MODES, assert_same_run, make_pair
+
+I, H, P, T, B = 5, 6, 3, 7, 4
+
+CONFIGS = [
+    # mode, proj_size
+    *[(m, 0) for m in MODES],
+    ("LSTM", P),
+]
+INPUTS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
+
+
+def _state_shapes(mode, layers, dirs, batch, proj):
+    state = proj or H
+    if mode == "LSTM":
+        return [(layers * dirs, *batch, state), (layers * dirs, *batch, H)]
+    return [(layers * dirs, *batch, state)]
+
+
+def _run_case(mode, proj, bias, batch_first, bidirectional, layers, kind, hx_given, dtype,
+              device="cpu"):
+    ref, fused = make_pair(mode, I, H, num_layers=layers, bias=bias, batch_first=batch_first,
+                           bidirectional=bidirectional, device=device, dtype=dtype,
+                           **({"proj_size": proj} if proj else {}))
+    dirs = 2 if bidirectional else 1
+    opts = dict(dtype=dtype, device=device)
+    leaves = []
+    if kind == "unbatched":
+        x = torch.randn(T, I, **opts, requires_grad=True)
+        batch = ()
+    else:
+        shape = (B, T, I) if batch_first else (T, B, I)
+        x = torch.randn(*shape, **opts, requires_grad=True)
+        batch = (B,)
+    leaves.append(x)
+    hx = None
+    if hx_given:
+        hs = [torch.randn(*s, **opts, requires_grad=True)
+              for s in _state_shapes(mode, layers, dirs, batch, proj)]
+        leaves += hs
+        hx = tuple(hs) if mode == "LSTM" else hs[0]
+    if kind.startswith("packed"):
+        lengths = [T, 5, 5, 1] if kind == "packed_sorted" else [3, T, 1, 5]
+        sort = kind == "packed_sorted"
+
+        def call(m):
+            packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=sort)
+            return m(packed) if hx is None else m(packed, hx)
+    else:
+        def call(m):
+            return m(x) if hx is None else m(x, hx)
+    assert_same_run(ref, fused, call, leaves, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", INPUTS)
+@pytest.mark.parametrize("mode,proj", CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "bias,batch_first,bidirectional,layers,hx_given",
+    list(itertools.product([True, False], [False, True], [False, True], [1, 2], [False, True])),
+    ids=lambda v: str(int(v)) if isinstance(v, (bool, int)) else str(v))
+def test_parity(mode, proj, bias, batch_first, bidirectional, layers, kind, hx_given, dtype):
+    _run_case(mode, proj, bias, batch_first, bidirectional, layers, kind, hx_given, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", INPUTS)
+@pytest.mark.parametrize("mode,proj", CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("bidirectional,layers", [(False, 1), (True, 2)])
+def test_parity_cuda(mode, proj, bidirectional, layers, kind, dtype):
+    _run_case(mode, proj, True, False, bidirectional, layers, kind, True, dtype, device="cuda")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("size", [(1, 1, 1, 1), (1, 3, 2, 1), (40, 2, 3, 9), (3, 1, 70, 33)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_shapes(mode, size):
+    """Edge sizes: T=1, B=1, H=1, long sequences, wide inputs, hidden sizes not a multiple of 8."""
+    t, b, i, h = size
+    ref, fused = make_pair(mode, i, h)
+    x = torch.randn(t, b, i, dtype=torch.float64, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(x), [x])
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_empty_batch(mode):
+    ref, fused = make_pair(mode, I, H)
+    x = torch.randn(T, 0, I, dtype=torch.float64)
+    out_ref, out_fused = ref(x), fused(x)
+    assert out_fused[0].shape == out_ref[0].shape
+    for a, b in zip(out_ref[1] if mode == "LSTM" else [out_ref[1]],
+                    out_fused[1] if mode == "LSTM" else [out_fused[1]]):
+        assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_noncontiguous_and_expanded(mode):
+    """Transposed input, expanded input and hx, a strided slice: same as torch.nn."""
+    ref, fused = make_pair(mode, I, H)
+    base = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    x = base.transpose(0, 1)  # [T, B, I], not contiguous
+    h_base = torch.randn(1, 1, H, dtype=torch.float64, requires_grad=True)
+
+    def call(m):
+        h0 = h_base.expand(1, B, H)
+        return m(x, (h0, h0 * 2) if mode == "LSTM" else h0)
+
+    assert_same_run(ref, fused, call, [base, h_base])
+    wide = torch.randn(T, B, 2 * I, dtype=torch.float64, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(wide[:, :, ::2]), [wide])
+    one = torch.randn(1, 1, I, dtype=torch.float64, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(one.expand(T, B, I)), [one])
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_eval_and_no_grad(mode):
+    """Inference paths (no workspace) give the training path's values."""
+    ref, fused = make_pair(mode, I, H, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(ref(x)[0:1], fused(x)[0:1]):
+            torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-7)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_dropout_matches_torch_with_same_seed(mode):
+    """Dropout between layers draws the same masks as torch.nn's under the same seed."""
+    ref, fused = make_pair(mode, I, H, num_layers=3, dropout=0.4, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        ref.train(train)
+        fused.train(train)
+
+        def call(m):
+            torch.manual_seed(7)
+            return m(x)
+
+        assert_same_run(ref, fused, call, [x])
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_dropout_edges(p):
+    ref, fused = make_pair("LSTM", I, H, num_layers=2, dropout=p)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+
+    def call(m):
+        torch.manual_seed(3)
+        return m(x)
+
+    assert_same_run(ref, fused, call, [x])
+
+
+def test_training_steps_match():
+    """Several optimiser steps on the same batches: the parameters stay equal."""
+    ref, fused = make_pair("LSTM", I, H, num_layers=2, batch_first=True)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    opt_fus = torch.optim.Adam(fused.parameters(), lr=1e-2)
+    for _ in range(5):
+        x = torch.randn(B, T, I, dtype=torch.float64)
+        for m, opt in ((ref, opt_ref), (fused, opt_fus)):
+            opt.zero_grad()
+            out, (h, c) = m(x)
+            (out.square().mean() + h.sum()).backward()
+            opt.step()
+    for (name, a), b in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-7, msg=name)
