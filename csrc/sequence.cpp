@@ -53,6 +53,30 @@ Schedule make_schedule(const at::Tensor& input, const c10::optional<at::Tensor>&
   return s;
 }
 
+std::vector<RowRange> split_rows(const Schedule& s, int64_t parts) {
+  parts = std::max<int64_t>(1, std::min(parts, s.B));
+  if (parts == 1 || s.N == 0) return {RowRange{0, s.B}};
+  // Length of row b = number of steps with b < rows[t]; rows are sorted longest first.
+  std::vector<int64_t> length(s.B, 0);
+  for (int64_t t = 0; t < s.T; ++t) {
+    if (s.rows[t] > 0) length[s.rows[t] - 1] += 1;
+  }
+  for (int64_t b = s.B - 2; b >= 0; --b) length[b] += length[b + 1];
+  std::vector<RowRange> ranges;
+  int64_t begin = 0, seen = 0;
+  for (int64_t b = 0; b < s.B; ++b) {
+    seen += length[b];
+    const int64_t left = parts - int64_t(ranges.size()) - 1;  // ranges still to open after this
+    const bool full = seen * parts >= s.N * int64_t(ranges.size() + 1);
+    if (left > 0 && full && s.B - (b + 1) >= left) {
+      ranges.push_back({begin, b + 1});
+      begin = b + 1;
+    }
+  }
+  ranges.push_back({begin, s.B});
+  return ranges;
+}
+
 LayerDims layer_dims(Mode mode, const at::Tensor& w_ih, const at::Tensor& w_hh,
                      const c10::optional<at::Tensor>& w_hr) {
   LayerDims d;

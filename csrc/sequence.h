@@ -21,6 +21,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -79,15 +80,37 @@ struct WorkspaceView {
 at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
                       const c10::optional<at::Tensor>& b_hh, int64_t H);
 
+// Rows [begin, end) of the batch: the loops below run on one such range. Rows never interact,
+// so a backend may run several ranges at once (the CPU does, one per thread); the per-row
+// buffers (states, scratch) are indexed by absolute row, the time-major buffers by offset.
+struct RowRange {
+  int64_t begin, end;
+  // Rows of this range active at step t, and where they start in the time-major buffers.
+  int64_t rows(const Schedule& s, int64_t t) const {
+    return std::max<int64_t>(0, std::min(s.rows[t], end) - begin);
+  }
+  int64_t offset(const Schedule& s, int64_t t) const { return s.offset[t] + begin; }
+};
+
+// Splits the batch into at most `parts` ranges of about equal token counts (rows are sorted by
+// length, so equal row counts would give the first range all the long sequences).
+std::vector<RowRange> split_rows(const Schedule& s, int64_t parts);
+
 template <class Backend, class scalar_t, bool Train>
-void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, const scalar_t* xproj,
-                  const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* b_hn,
-                  scalar_t* output, scalar_t* h_state, scalar_t* c_state, scalar_t* hg,
-                  scalar_t* r_scratch, WorkspaceView<scalar_t> ws) {
+void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
+                  const scalar_t* xproj, const scalar_t* w_hh, const scalar_t* w_hr,
+                  const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
+                  scalar_t* c_state_all, scalar_t* hg_all, scalar_t* r_scratch_all,
+                  WorkspaceView<scalar_t> ws) {
   const int64_t H = d.H, P = d.P, G = d.G;
+  scalar_t* h_state = h_state_all + range.begin * P;
+  scalar_t* c_state = c_state_all ? c_state_all + range.begin * H : nullptr;
+  scalar_t* hg = hg_all + range.begin * G;
+  scalar_t* r_scratch = r_scratch_all ? r_scratch_all + range.begin * H : nullptr;
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = s.step(step, reverse);
-    const int64_t n = s.rows[t], off = s.offset[t];
+    const int64_t n = range.rows(s, t), off = range.offset(s, t);
+    if (n == 0) continue;
     // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
     const scalar_t* h_prev = h_state;
     if (Train) {
@@ -131,14 +154,18 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, const sca
 }
 
 template <class Backend, class scalar_t>
-void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, const scalar_t* w_hh,
-                   const scalar_t* w_hr, WorkspaceView<scalar_t> ws, const scalar_t* dout,
-                   scalar_t* dh_state, scalar_t* dc_state, scalar_t* dgates_x, scalar_t* dgates_h,
-                   scalar_t* dh_all, scalar_t* dr) {
+void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
+                   const scalar_t* w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
+                   const scalar_t* dout, scalar_t* dh_state_all, scalar_t* dc_state_all,
+                   scalar_t* dgates_x, scalar_t* dgates_h, scalar_t* dh_all, scalar_t* dr_all) {
   const int64_t H = d.H, P = d.P, G = d.G;
+  scalar_t* dh_state = dh_state_all + range.begin * P;
+  scalar_t* dc_state = dc_state_all ? dc_state_all + range.begin * H : nullptr;
+  scalar_t* dr = dr_all ? dr_all + range.begin * H : nullptr;
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.step(step, reverse);
-    const int64_t n = s.rows[t], off = s.offset[t];
+    const int64_t n = range.rows(s, t), off = range.offset(s, t);
+    if (n == 0) continue;
     const scalar_t* dout_t = dout + off * P;
     scalar_t* dgx = dgates_x + off * G;
     scalar_t* dgh = dgates_h + off * G;
@@ -232,20 +259,23 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor hg = at::empty({s.B, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
-  auto run = [&](auto train) {
+  const std::vector<RowRange> ranges = split_rows(s, Backend::max_row_ranges(s.B));
+  auto run = [&](auto train, RowRange range) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
-        s, d, a.reverse, xproj.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
-        d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr,
+        s, d, a.reverse, range, xproj.const_data_ptr<scalar_t>(),
+        w_hh.const_data_ptr<scalar_t>(), d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
-        r_scratch.data_ptr<scalar_t>(), ws);
+        r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr, ws);
   };
-  if (a.train) {
-    run(std::true_type{});
-  } else {
-    run(std::false_type{});
-  }
+  Backend::for_each_range(ranges, [&](RowRange range) {
+    if (a.train) {
+      run(std::true_type{}, range);
+    } else {
+      run(std::false_type{}, range);
+    }
+  });
   return {output, h_state, c_state, workspace};
 }
 
@@ -276,13 +306,16 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     // const_cast: the workspace is only read here; WorkspaceView is shared with the forward.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
                                s.N);
-    backward_loop<Backend, scalar_t>(
-        s, d, a.reverse, w_hh.const_data_ptr<scalar_t>(),
-        d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws, dout.const_data_ptr<scalar_t>(),
-        dh_state.data_ptr<scalar_t>(),
-        d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
-        dgates_x.data_ptr<scalar_t>(), dgates_h.data_ptr<scalar_t>(),
-        d.proj ? dh_all.data_ptr<scalar_t>() : nullptr, d.proj ? dr.data_ptr<scalar_t>() : nullptr);
+    Backend::for_each_range(split_rows(s, Backend::max_row_ranges(s.B)), [&](RowRange range) {
+      backward_loop<Backend, scalar_t>(
+          s, d, a.reverse, range, w_hh.const_data_ptr<scalar_t>(),
+          d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
+          dout.const_data_ptr<scalar_t>(), dh_state.data_ptr<scalar_t>(),
+          d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
+          dgates_x.data_ptr<scalar_t>(), dgates_h.data_ptr<scalar_t>(),
+          d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
+          d.proj ? dr.data_ptr<scalar_t>() : nullptr);
+    });
   }
 
   // Weight gradients: one GEMM each over all time-major rows.

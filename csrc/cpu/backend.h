@@ -4,9 +4,11 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../cells.h"
 
@@ -24,6 +26,45 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 namespace fused_rnn {
+
+// The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>, whose exp and
+// tanh are SLEEF's (1 ulp). With an AVX2 build (setup.py) a lane is 8 floats / 4 doubles.
+template <class T, class V>
+struct VecMath {
+  static V splat(T v) { return V(v); }
+  static V exp(V x) { return x.exp(); }
+  static V tanh(V x) { return x.tanh(); }
+  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + (V(T(0)) - x).exp()); }
+  // NaN compares false, so it passes through both, as in torch.relu / threshold_backward.
+  static V relu(V x) { return V::blendv(x, V(T(0)), x < V(T(0))); }
+  static V relu_backward(V g, V result) { return V::blendv(g, V(T(0)), result <= V(T(0))); }
+};
+
+template <class T>
+struct Math<at::vec::Vectorized<T>> : VecMath<T, at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static V load(const T* p) { return V::loadu(p); }
+  static void store(T* p, V v) { v.store(p); }
+};
+
+// The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
+// the seed models' 3-4 unit layers, which would otherwise run on scalar libm tanh/exp):
+// loads and stores `count` elements, the rest of the lane computes on zeros.
+template <class T>
+struct TailVec : at::vec::Vectorized<T> {
+  using Base = at::vec::Vectorized<T>;
+  TailVec() = default;
+  TailVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
+  explicit TailVec(T v) : Base(v) {}
+  static inline thread_local int count = 0;
+};
+
+template <class T>
+struct Math<TailVec<T>> : VecMath<T, TailVec<T>> {
+  using V = TailVec<T>;
+  static V load(const T* p) { return V(V::Base::loadu(p, V::count)); }
+  static void store(T* p, V v) { v.store(p, V::count); }
+};
 
 // Column-major BLAS gemm; false where this torch has no BLAS to call.
 inline bool blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
@@ -74,14 +115,43 @@ struct CPUBackend {
     std::memcpy(dst, src, sizeof(scalar_t) * count);
   }
 
+  // Each functor reads and writes row b at base + b * ld + j, so lanes j..j+7 are contiguous.
   template <class F>
   static void pointwise(const F& f, int64_t rows, int64_t cols) {
-    using V = typename F::scalar_type;
+    using T = typename F::scalar_type;
+    using Vec = at::vec::Vectorized<T>;
+    const int64_t vec_end = cols - cols % Vec::size();
     const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / std::max<int64_t>(cols, 1));
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    auto rows_range = [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        for (int64_t j = 0; j < cols; ++j) f.template apply<V>(b, j);
+        for (int64_t j = 0; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
+        if (vec_end < cols) {
+          TailVec<T>::count = int(cols - vec_end);
+          f.template apply<TailVec<T>>(b, vec_end);
+        }
       }
+    };
+    if (rows <= grain) {
+      rows_range(0, rows);  // small steps: no parallel region at all
+    } else {
+      at::parallel_for(0, rows, grain, rows_range);
+    }
+  }
+
+  // One range of rows per thread: each thread runs the whole time loop for its rows, with no
+  // synchronisation per step. The BLAS and pointwise calls inside then run single-threaded.
+  static int64_t max_row_ranges(int64_t batch) {
+    return std::min<int64_t>(at::get_num_threads(), batch);
+  }
+
+  template <class Range, class Fn>
+  static void for_each_range(const std::vector<Range>& ranges, const Fn& fn) {
+    if (ranges.size() == 1) {
+      fn(ranges[0]);
+      return;
+    }
+    at::parallel_for(0, int64_t(ranges.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(ranges[i]);
     });
   }
 

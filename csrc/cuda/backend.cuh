@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "../cells.h"
 
@@ -89,6 +90,14 @@ struct CUDABackend {
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535);
     pointwise_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, rows, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // The whole batch in one range: parallelism comes from the kernels.
+  static int64_t max_row_ranges(int64_t) { return 1; }
+
+  template <class Range, class Fn>
+  static void for_each_range(const std::vector<Range>& ranges, const Fn& fn) {
+    for (const Range& range : ranges) fn(range);
   }
 
   template <class Fn>
