@@ -1,6 +1,6 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies three things, all on the current device/stream:
-//   gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)   row-major C = a op(A) op(B) + b C
+//   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
 //   copy(dst, src, count)                                          contiguous copy
 //   pointwise(functor, rows, cols)                                 functor.apply over rows x cols
 // Everything outside the loop (the input projection, the weight gradients) is a handful of large
@@ -98,7 +98,7 @@ std::vector<RowRange> split_rows(const Schedule& s, int64_t parts);
 
 template <class Backend, class scalar_t, bool Train>
 void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
-                  const scalar_t* xproj, const scalar_t* w_hh, const scalar_t* w_hr,
+                  const scalar_t* xproj, const scalar_t* w_hh_t, const scalar_t* w_hr_t,
                   const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
                   scalar_t* c_state_all, scalar_t* hg_all, scalar_t* r_scratch_all,
                   WorkspaceView<scalar_t> ws) {
@@ -117,7 +117,7 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
       h_prev = ws.h_prev + off * P;
     }
-    Backend::gemm(false, true, n, G, P, scalar_t(1), h_prev, P, w_hh, P, scalar_t(0), hg, G);
+    Backend::gemm(n, G, P, h_prev, P, w_hh_t, G, scalar_t(0), hg, G);
     const scalar_t* xg = xproj + off * G;
     scalar_t* out = output + off * P;
     switch (d.mode) {
@@ -128,7 +128,7 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
                                        Train ? ws.c_prev + off * H : nullptr, H, d.proj ? H : P};
         Backend::pointwise(f, n, H);
         if (d.proj) {
-          Backend::gemm(false, true, n, P, H, scalar_t(1), r, H, w_hr, H, scalar_t(0), out, P);
+          Backend::gemm(n, P, H, r, H, w_hr_t, P, scalar_t(0), out, P);
           Backend::copy(h_state, out, n * P);
         }
         break;
@@ -176,8 +176,7 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
         if (d.proj) {
           // dh_t = dh_state + dout; dr = dh_t W_hr; dh_t is kept for dW_hr after the loop.
           Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, dh_all + off * P, P}, n, P);
-          Backend::gemm(false, false, n, H, P, scalar_t(1), dh_all + off * P, P, w_hr, H,
-                        scalar_t(0), dr, H);
+          Backend::gemm(n, H, P, dh_all + off * P, P, w_hr, H, scalar_t(0), dr, H);
           dh = dr;
           dh_extra = nullptr;
         }
@@ -205,7 +204,7 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
     }
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
-    Backend::gemm(false, false, n, P, G, scalar_t(1), dgh, G, w_hh, P, beta, dh_state, P);
+    Backend::gemm(n, P, G, dgh, G, w_hh, P, beta, dh_state, P);
   }
 }
 
@@ -238,8 +237,10 @@ template <class Backend, class scalar_t>
 ForwardResult layer_forward(const ForwardArgs& a) {
   auto [s, d] = check_layer_args(a);
   const at::Tensor x = a.input.contiguous();
-  const at::Tensor w_hh = a.w_hh.contiguous();
-  const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
+  // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
+  // both operands row-major ([P, G] and [H, P]).
+  const at::Tensor w_hh_t = a.w_hh.t().contiguous();
+  const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
@@ -263,7 +264,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   auto run = [&](auto train, RowRange range) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
         s, d, a.reverse, range, xproj.const_data_ptr<scalar_t>(),
-        w_hh.const_data_ptr<scalar_t>(), d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr,
+        w_hh_t.const_data_ptr<scalar_t>(), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),

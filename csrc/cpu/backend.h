@@ -15,7 +15,7 @@
 // The BLAS inside libtorch_cpu (MKL on x86-64, OpenBLAS elsewhere), called directly: the per-step
 // GEMMs are small and ATen's dispatch would cost more than they do. ATen does not export its
 // own float/double cpublas::gemm, only this Fortran interface. Weak, so a torch build without
-// it still loads (and runs a plain loop instead).
+// it still loads (and runs small_gemm below instead).
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -27,14 +27,18 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 
 namespace fused_rnn {
 
-// The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>, whose exp and
-// tanh are SLEEF's (1 ulp). With an AVX2 build (setup.py) a lane is 8 floats / 4 doubles.
+// The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>. With an AVX2
+// build (setup.py) a lane is 8 floats / 4 doubles. exp is at::vec's inlined exp_u20 (within 2
+// ulp in fp32; SLEEF's 1-ulp exp in fp64); tanh(x) = 2 sigmoid(2x) - 1 costs one exp, a third
+// of a SLEEF tanh call, and its absolute error stays at the level of the exp's.
 template <class T, class V>
 struct VecMath {
   static V splat(T v) { return V(v); }
-  static V exp(V x) { return x.exp(); }
-  static V tanh(V x) { return x.tanh(); }
-  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + (V(T(0)) - x).exp()); }
+  // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
+  // propagates through the gates as it does in torch.nn.
+  static V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
+  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x)); }
+  static V tanh(V x) { return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1)); }
   // NaN compares false, so it passes through both, as in torch.relu / threshold_backward.
   static V relu(V x) { return V::blendv(x, V(T(0)), x < V(T(0))); }
   static V relu_backward(V g, V result) { return V::blendv(g, V(T(0)), result <= V(T(0))); }
@@ -80,6 +84,64 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
+// Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small per-step products of the seed
+// models (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic:
+// R rows x 2 lanes of accumulators, B's rows streamed from cache. Columns past the last full
+// lane are done in scalar code.
+template <int R, class T>
+void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
+               T* C, int64_t ldc) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    Vec acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      for (int l = 0; l < 2; ++l) {
+        acc[r][l] = beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j + l * W) * Vec(beta);
+      }
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
+      for (int r = 0; r < R; ++r) {
+        const Vec a(A[r * lda + p]);
+        acc[r][0] = at::vec::fmadd(a, b0, acc[r][0]);
+        acc[r][1] = at::vec::fmadd(a, b1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      acc[r][0].store(C + r * ldc + j);
+      acc[r][1].store(C + r * ldc + j + W);
+    }
+  }
+  for (; j + W <= n; j += W) {
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j) * Vec(beta);
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const Vec b0 = Vec::loadu(B + p * ldb + j);
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * lda + p]), b0, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) acc[r].store(C + r * ldc + j);
+  }
+  for (; j < n; ++j) {
+    for (int r = 0; r < R; ++r) {
+      T acc = 0;
+      for (int64_t p = 0; p < k; ++p) acc += A[r * lda + p] * B[p * ldb + j];
+      C[r * ldc + j] = beta == T(0) ? acc : acc + beta * C[r * ldc + j];
+    }
+  }
+}
+
+template <class T>
+void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                int64_t ldb, T beta, T* C, int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) gemm_rows<4>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
+  for (; i < m; ++i) gemm_rows<1>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
+}
+
 struct CPUBackend {
   struct DeviceGuard {
     explicit DeviceGuard(c10::Device) {}
@@ -88,26 +150,19 @@ struct CPUBackend {
   // the fork/join costs more than the work (seed-sized models have 4-128 hidden units).
   static constexpr int64_t kPointwiseGrain = 16384;
 
+  // B (the recurrent weight) up to this many elements goes to small_gemm: it stays in L2.
+  static constexpr int64_t kSmallGemmWeight = 64 * 1024;
+
   template <class scalar_t>
-  static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, scalar_t alpha,
-                   const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
-                   scalar_t* C, int64_t ldc) {
+  static void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* A, int64_t lda,
+                   const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
     if (m == 0 || n == 0) return;
-    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
-    if (k > 0 && blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(n), int(m), int(k), alpha, B,
-                           int(ldb), A, int(lda), beta, C, int(ldc))) {
+    // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
+    if (k * n > kSmallGemmWeight && blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B,
+                                              int(ldb), A, int(lda), beta, C, int(ldc))) {
       return;
     }
-    // No BLAS in this torch: a plain loop (correct, not fast).
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        scalar_t acc = 0;
-        for (int64_t p = 0; p < k; ++p) {
-          acc += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
-        }
-        C[i * ldc + j] = alpha * acc + (beta == scalar_t(0) ? scalar_t(0) : beta * C[i * ldc + j]);
-      }
-    }
+    small_gemm(m, n, k, A, lda, B, ldb, beta, C, ldc);
   }
 
   template <class scalar_t>

@@ -30,8 +30,6 @@ __global__ void pointwise_kernel(F f, int64_t rows, int64_t cols) {
 
 // cuBLAS, column-major, on ATen's handle (which getCurrentCUDABlasHandle binds to the current
 // stream). ATen does not export its own at::cuda::blas::gemm specialisations.
-inline cublasOperation_t cublas_op(bool transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
-
 inline void check_cublas(cublasStatus_t status) {
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fused_rnn: cuBLAS call failed with status ",
               static_cast<int>(status));
@@ -66,14 +64,13 @@ struct CUDABackend {
   static constexpr int kThreads = 256;
 
   template <class scalar_t>
-  static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, scalar_t alpha,
-                   const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
-                   scalar_t* C, int64_t ldc) {
+  static void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* A, int64_t lda,
+                   const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
     if (m == 0 || n == 0) return;
     using opmath_t = at::opmath_type<scalar_t>;
-    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
-    cublas_gemm(cublas_op(tb), cublas_op(ta), int(n), int(m), int(k), opmath_t(alpha), B, int(ldb),
-                A, int(lda), opmath_t(beta), C, int(ldc));
+    // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
+    cublas_gemm(CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), opmath_t(1), B, int(ldb), A,
+                int(lda), opmath_t(beta), C, int(ldc));
   }
 
   template <class scalar_t>
