@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../cells.h"
@@ -52,22 +54,53 @@ struct Math<at::vec::Vectorized<T>> : VecMath<T, at::vec::Vectorized<T>> {
 };
 
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
-// the seed models' 3-4 unit layers, which would otherwise run on scalar libm tanh/exp):
-// loads and stores `count` elements, the rest of the lane computes on zeros.
-template <class T>
+// the seed models' 3-4 unit layers): loads and stores the first Count elements with masked
+// AVX2 moves, the rest of the lane computes on zeros. Count is a template parameter so the
+// masks are constants (no per-element branches, no thread-local state).
+template <class T, int Count>
 struct TailVec : at::vec::Vectorized<T> {
   using Base = at::vec::Vectorized<T>;
   TailVec() = default;
   TailVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit TailVec(T v) : Base(v) {}
-  static inline thread_local int count = 0;
+
+  static TailVec load(const T* p) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      return Base(_mm256_maskload_ps(p, mask_ps()));
+    } else if constexpr (std::is_same_v<T, double>) {
+      return Base(_mm256_maskload_pd(p, mask_pd()));
+    }
+#endif
+    return Base::loadu(p, Count);
+  }
+  void store(T* p) const {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm256_maskstore_ps(p, mask_ps(), *this);
+    } else if constexpr (std::is_same_v<T, double>) {
+      return _mm256_maskstore_pd(p, mask_pd(), *this);
+    }
+#endif
+    Base::store(p, Count);
+  }
+
+ private:
+#if defined(CPU_CAPABILITY_AVX2)
+  static __m256i mask_ps() {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(Count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static __m256i mask_pd() {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(Count), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+#endif
 };
 
-template <class T>
-struct Math<TailVec<T>> : VecMath<T, TailVec<T>> {
-  using V = TailVec<T>;
-  static V load(const T* p) { return V(V::Base::loadu(p, V::count)); }
-  static void store(T* p, V v) { v.store(p, V::count); }
+template <class T, int Count>
+struct Math<TailVec<T, Count>> : VecMath<T, TailVec<T, Count>> {
+  using V = TailVec<T, Count>;
+  static V load(const T* p) { return V::load(p); }
+  static void store(T* p, V v) { v.store(p); }
 };
 
 // Column-major BLAS gemm; false where this torch has no BLAS to call.
@@ -134,12 +167,22 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_
   }
 }
 
+// Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
 template <class T>
 void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
                 int64_t ldb, T beta, T* C, int64_t ldc) {
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4) gemm_rows<4>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
-  for (; i < m; ++i) gemm_rows<1>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
+  for (; i + 6 <= m; i += 6) gemm_rows<6>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
+  const T* a = A + i * lda;
+  T* c = C + i * ldc;
+  switch (m - i) {
+    case 5: return gemm_rows<5>(n, k, a, lda, B, ldb, beta, c, ldc);
+    case 4: return gemm_rows<4>(n, k, a, lda, B, ldb, beta, c, ldc);
+    case 3: return gemm_rows<3>(n, k, a, lda, B, ldb, beta, c, ldc);
+    case 2: return gemm_rows<2>(n, k, a, lda, B, ldb, beta, c, ldc);
+    case 1: return gemm_rows<1>(n, k, a, lda, B, ldb, beta, c, ldc);
+    default: return;
+  }
 }
 
 struct CPUBackend {
@@ -177,14 +220,12 @@ struct CPUBackend {
     using Vec = at::vec::Vectorized<T>;
     const int64_t vec_end = cols - cols % Vec::size();
     const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / std::max<int64_t>(cols, 1));
+    const int tail = int(cols - vec_end);
     auto rows_range = [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         for (int64_t j = 0; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
-        if (vec_end < cols) {
-          TailVec<T>::count = int(cols - vec_end);
-          f.template apply<TailVec<T>>(b, vec_end);
-        }
       }
+      if (tail > 0) apply_tail(f, begin, end, vec_end, tail, std::make_integer_sequence<int, Vec::size()>{});
     };
     if (rows <= grain) {
       rows_range(0, rows);  // small steps: no parallel region at all
@@ -208,6 +249,17 @@ struct CPUBackend {
     at::parallel_for(0, int64_t(ranges.size()), 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) fn(ranges[i]);
     });
+  }
+
+  // Runs the partial lane of rows [begin, end) with the TailVec<T, tail> instantiation.
+  template <class F, int... Counts>
+  static void apply_tail(const F& f, int64_t begin, int64_t end, int64_t j, int tail,
+                         std::integer_sequence<int, Counts...>) {
+    using T = typename F::scalar_type;
+    auto run = [&](auto count) {
+      for (int64_t b = begin; b < end; ++b) f.template apply<TailVec<T, decltype(count)::value>>(b, j);
+    };
+    ((tail == Counts ? (run(std::integral_constant<int, Counts>{}), 0) : 0), ...);
   }
 
   template <class Fn>
