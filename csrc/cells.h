@@ -83,6 +83,7 @@ struct LSTMForward {
   scalar_t* h_state;   // [B, H] or nullptr (projected: the loop writes W_hr r instead)
   scalar_t* gates;     // [n, 4H] saved i, f, g, o
   scalar_t* c_prev;    // [n, H]  saved c_{t-1}
+  scalar_t* c_all;     // [n, H]  c_t, when the caller asked for every step's cell state
   int64_t H, ld_h;
 
   template <class V>
@@ -97,6 +98,7 @@ struct LSTMForward {
     const V c = f * cp + i * g;
     const V h = o * M::tanh(c);
     M::store(c_state + b * H + j, c);
+    if (c_all) M::store(c_all + b * H + j, c);
     M::store(h_out + b * ld_h + j, h);
     if (h_state) M::store(h_state + b * H + j, h);
     if (Train) {
@@ -176,6 +178,7 @@ struct LSTMBackward {
   const scalar_t* c_prev;  // [n, H]
   const scalar_t* dh;      // [n, ld_dh]
   const scalar_t* dout;    // [n, ld_dh] or nullptr
+  const scalar_t* dc_all;  // [n, H] gradient of the returned c_t, or nullptr
   scalar_t* dc_state;      // [B, H]  dc_t in, dc_{t-1} out
   scalar_t* dgates;        // [n, 4H]
   int64_t H, ld_dh;
@@ -191,7 +194,8 @@ struct LSTMBackward {
     V dht = M::load(dh + b * ld_dh + j);
     if (dout) dht = dht + M::load(dout + b * ld_dh + j);
     const V tc = M::tanh(f * cp + i * g);
-    const V dc = M::load(dc_state + b * H + j) + dht * o * (one - tc * tc);
+    V dc = M::load(dc_state + b * H + j) + dht * o * (one - tc * tc);
+    if (dc_all) dc = dc + M::load(dc_all + b * H + j);
     M::store(dgates + g0, dc * g * i * (one - i));
     M::store(dgates + g0 + H, dc * cp * f * (one - f));
     M::store(dgates + g0 + 2 * H, dc * i * (one - g * g));

@@ -7,7 +7,9 @@
 //   mode         "LSTM" | "GRU" | "RNN_TANH" | "RNN_RELU"
 //   reverse      run from the last step to the first (each row from its own last step)
 //   train        save the workspace that rnn_backward needs (otherwise it is empty)
-// returns output [T, B, P] or [N, P], hy [B, P], cy [B, H] (empty unless LSTM), workspace.
+//   cell_states  LSTM: also return c_t of every step (differentiable)
+// returns output [T, B, P] or [N, P], hy [B, P], cy [B, H] (empty unless LSTM), cell_states
+// [T, B, H] or [N, H] (empty unless asked for), workspace.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -23,11 +25,13 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "rnn_forward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-      "bool train) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+      "bool train, bool cell_states=False) -> (Tensor output, Tensor hy, Tensor cy, "
+      "Tensor cell_states, Tensor workspace)");
   m.def(
       "rnn_backward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-      "Tensor workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy) -> (Tensor "
+      "Tensor workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy, "
+      "Tensor? grad_cell_states=None) -> (Tensor "
       "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
       "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
 }

@@ -149,6 +149,7 @@ std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a) {
     TORCH_CHECK(a.b_hh->dim() == 1 && a.b_hh->size(0) == d.G, "fused_rnn: bias_hh must be [", d.G, "]");
   }
   if (d.proj) same(*a.w_hr, "weight_hr");
+  TORCH_CHECK(!a.cell_states || a.mode == Mode::LSTM, "fused_rnn: cell_states is for LSTM only");
   return {make_schedule(x, a.batch_sizes, B), d};
 }
 

@@ -100,8 +100,8 @@ template <class Backend, class scalar_t, bool Train>
 void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
                   const scalar_t* xproj, const scalar_t* w_hh_t, const scalar_t* w_hr_t,
                   const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
-                  scalar_t* c_state_all, scalar_t* hg_all, scalar_t* r_scratch_all,
-                  WorkspaceView<scalar_t> ws) {
+                  scalar_t* c_state_all, scalar_t* c_all, scalar_t* hg_all,
+                  scalar_t* r_scratch_all, WorkspaceView<scalar_t> ws) {
   const int64_t H = d.H, P = d.P, G = d.G;
   scalar_t* h_state = h_state_all + range.begin * P;
   scalar_t* c_state = c_state_all ? c_state_all + range.begin * H : nullptr;
@@ -125,7 +125,8 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
         scalar_t* r = d.proj ? (Train ? ws.r + off * H : r_scratch) : out;
         LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
                                        Train ? ws.gates + off * 4 * H : nullptr,
-                                       Train ? ws.c_prev + off * H : nullptr, H, d.proj ? H : P};
+                                       Train ? ws.c_prev + off * H : nullptr,
+                                       c_all ? c_all + off * H : nullptr, H, d.proj ? H : P};
         Backend::pointwise(f, n, H);
         if (d.proj) {
           Backend::gemm(n, P, H, r, H, w_hr_t, P, scalar_t(0), out, P);
@@ -156,8 +157,9 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
 template <class Backend, class scalar_t>
 void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
                    const scalar_t* w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
-                   const scalar_t* dout, scalar_t* dh_state_all, scalar_t* dc_state_all,
-                   scalar_t* dgates_x, scalar_t* dgates_h, scalar_t* dh_all, scalar_t* dr_all) {
+                   const scalar_t* dout, const scalar_t* dc_all, scalar_t* dh_state_all,
+                   scalar_t* dc_state_all, scalar_t* dgates_x, scalar_t* dgates_h,
+                   scalar_t* dh_all, scalar_t* dr_all) {
   const int64_t H = d.H, P = d.P, G = d.G;
   scalar_t* dh_state = dh_state_all + range.begin * P;
   scalar_t* dc_state = dc_state_all ? dc_state_all + range.begin * H : nullptr;
@@ -181,7 +183,8 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
           dh_extra = nullptr;
         }
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
-                                 dc_state, dgx, H, d.proj ? H : P};
+                                 dc_all ? dc_all + off * H : nullptr, dc_state, dgx, H,
+                                 d.proj ? H : P};
         Backend::pointwise(f, n, H);
         break;
       }
@@ -224,12 +227,13 @@ struct ForwardArgs {
   const c10::optional<at::Tensor>& w_hr;
   bool reverse;
   bool train;
+  bool cell_states;  // LSTM: also return c_t of every step
 };
 
 // Checks shared by forward and backward; returns the schedule and sizes.
 std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a);
 
-using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor>;
 
@@ -248,7 +252,10 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor h_state = a.hx.contiguous().clone();
   at::Tensor c_state = d.mode == Mode::LSTM ? a.cx->contiguous().clone() : at::empty({0}, opts);
   at::Tensor workspace = at::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
-  if (s.N == 0) return {output, h_state, c_state, workspace};
+  std::vector<int64_t> cells_shape = x.sizes().vec();
+  cells_shape.back() = d.H;
+  at::Tensor cells = a.cell_states ? at::empty(cells_shape, opts) : at::empty({0}, opts);
+  if (s.N == 0) return {output, h_state, c_state, cells, workspace};
 
   // One GEMM for the input projection of every step, biases folded in.
   const at::Tensor x2d = x.view({s.N, d.I});
@@ -267,7 +274,8 @@ ForwardResult layer_forward(const ForwardArgs& a) {
         w_hh_t.const_data_ptr<scalar_t>(), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
-        d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
+        d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
+        a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
         r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr, ws);
   };
   Backend::for_each_range(ranges, [&](RowRange range) {
@@ -277,13 +285,14 @@ ForwardResult layer_forward(const ForwardArgs& a) {
       run(std::false_type{}, range);
     }
   });
-  return {output, h_state, c_state, workspace};
+  return {output, h_state, c_state, cells, workspace};
 }
 
 template <class Backend, class scalar_t>
 BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
                               const at::Tensor& grad_output, const at::Tensor& grad_hy,
-                              const c10::optional<at::Tensor>& grad_cy) {
+                              const c10::optional<at::Tensor>& grad_cy,
+                              const c10::optional<at::Tensor>& grad_cell_states) {
   auto [s, d] = check_layer_args(a);
   TORCH_CHECK(workspace.numel() == s.N * d.ws_cols(),
               "fused_rnn: the workspace does not match this layer (was the forward run with "
@@ -294,6 +303,10 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const at::Tensor dout = grad_output.contiguous().view({s.N, d.P});
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dc_state = d.mode == Mode::LSTM ? grad_cy->contiguous().clone() : at::empty({0}, opts);
+  at::Tensor dc_all;
+  if (d.mode == Mode::LSTM && grad_cell_states && grad_cell_states->defined()) {
+    dc_all = grad_cell_states->contiguous().view({s.N, d.H});
+  }
 
   const bool gru = d.mode == Mode::GRU;
   at::Tensor dgates_x = at::empty({s.N, d.G}, opts);
@@ -311,7 +324,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
       backward_loop<Backend, scalar_t>(
           s, d, a.reverse, range, w_hh.const_data_ptr<scalar_t>(),
           d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
-          dout.const_data_ptr<scalar_t>(), dh_state.data_ptr<scalar_t>(),
+          dout.const_data_ptr<scalar_t>(),
+          dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,
+          dh_state.data_ptr<scalar_t>(),
           d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
           dgates_x.data_ptr<scalar_t>(), dgates_h.data_ptr<scalar_t>(),
           d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
@@ -346,9 +361,10 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
                           const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                           const c10::optional<at::Tensor>& b_hh,
-                          const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
+                          const c10::optional<at::Tensor>& w_hr, bool reverse, bool train,
+                          bool cell_states) {
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, train};
+                      reverse, train, cell_states};
   typename Backend::DeviceGuard guard(input.device());
   ForwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
@@ -366,14 +382,16 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             const c10::optional<at::Tensor>& b_hh,
                             const c10::optional<at::Tensor>& w_hr, bool reverse,
                             const at::Tensor& workspace, const at::Tensor& grad_output,
-                            const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy) {
+                            const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy,
+                            const c10::optional<at::Tensor>& grad_cell_states) {
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, true};
+                      reverse, true, false};
   typename Backend::DeviceGuard guard(input.device());
   BackwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy);
+    result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy,
+                                               grad_cell_states);
   });
   return result;
 }

@@ -7,7 +7,9 @@
 from . import _ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
 from . import functional
 from .info import backend_info
-from .modules import GRU, LSTM, RNN, RNNBase
+from .convert import convert
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
-__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "functional", "backend_info"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "RNNBase", "RNNCellBase",
+           "convert", "functional", "backend_info"]
 __version__ = "0.1.0"

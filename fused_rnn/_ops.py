@@ -55,34 +55,36 @@ def workspace_numel(mode: str, rows, hidden: int, state: int, proj: bool):
 
 @torch.library.register_fake("fused_rnn::rnn_forward")
 def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                      train):
+                      train, cell_states=False):
     hidden = w_ih.shape[0] // gates_of(mode)
     state = hx.shape[1]
     rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
     output = input.new_empty((*input.shape[:-1], state))
     hy = hx.new_empty(hx.shape)
     cy = cx.new_empty(cx.shape) if mode == "LSTM" else input.new_empty((0,))
+    cells = input.new_empty((*input.shape[:-1], hidden) if cell_states else (0,))
     numel = workspace_numel(mode, rows, hidden, state, w_hr is not None) if train else 0
-    return output, hy, cy, input.new_empty((numel,))
+    return output, hy, cy, cells, input.new_empty((numel,))
 
 
 @torch.library.register_fake("fused_rnn::rnn_backward")
 def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                       workspace, grad_output, grad_hy, grad_cy):
-    def like(t):
-        return torch.empty_like(t) if t is not None else input.new_empty((0,))
+                       workspace, grad_output, grad_hy, grad_cy, grad_cell_states=None):
+    def like(t):  # the kernel returns contiguous gradients, whatever the inputs' strides
+        return t.new_empty(t.shape) if t is not None else input.new_empty((0,))
 
     return (like(input), like(hx), like(cx if mode == "LSTM" else None), like(w_ih), like(w_hh),
             like(b_ih), like(b_hh), like(w_hr))
 
 
 def _setup_context(ctx, inputs, output):
-    mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs
+    mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs[:12]
     ctx.mode, ctx.reverse, ctx.train = mode, reverse, train
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output[3])
+    ctx.cell_states = len(inputs) > 12 and bool(inputs[12])
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output[4])
 
 
-def _backward(ctx, grad_output, grad_hy, grad_cy, _grad_workspace):
+def _backward(ctx, grad_output, grad_hy, grad_cy, grad_cell_states, _grad_workspace):
     if not ctx.train:
         raise RuntimeError(
             "fused_rnn: rnn_forward was called with train=False, so it saved nothing to "
@@ -98,14 +100,27 @@ def _backward(ctx, grad_output, grad_hy, grad_cy, _grad_workspace):
         grad_cy = torch.zeros_like(cx)
     grads = torch.ops.fused_rnn.rnn_backward(
         ctx.mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-        workspace, grad_output, grad_hy, grad_cy if ctx.mode == "LSTM" else None)
+        workspace, grad_output, grad_hy, grad_cy if ctx.mode == "LSTM" else None,
+        grad_cell_states if ctx.cell_states else None)
     g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr = grads
     return (None, g_input, None, g_hx, g_cx if cx is not None else None, g_w_ih, g_w_hh,
             g_b_ih if b_ih is not None else None, g_b_hh if b_hh is not None else None,
-            g_w_hr if w_hr is not None else None, None, None)
+            g_w_hr if w_hr is not None else None, None, None, None)
 
 
 torch.library.register_autograd("fused_rnn::rnn_forward", _backward, setup_context=_setup_context)
+
+
+def _double_backward(ctx, *grads):
+    raise RuntimeError(
+        "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient penalty "
+        "with create_graph=True) is not supported; torch.nn's RNNs support it on the CPU")
+
+
+# Registered so that a backward run with create_graph=True fails loudly instead of returning
+# gradients silently detached from the graph.
+torch.library.register_autograd("fused_rnn::rnn_backward", _double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,8 +139,9 @@ def check_build(device: torch.device) -> None:
 
 
 def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
-              reverse: bool = False, train: bool | None = None):
-    """One layer, one direction: returns (output, h_n, c_n) (c_n empty unless LSTM).
+              reverse: bool = False, train: bool | None = None, cell_states: bool = False):
+    """One layer, one direction: returns (output, h_n, c_n, cells); c_n is empty unless LSTM,
+    cells (c_t of every step, shaped like output with hidden_size features) unless asked for.
 
     `train` (default: whether autograd will need the result) decides whether the workspace that
     backward reads is kept.
@@ -135,6 +151,6 @@ def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad
             for t in (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
-    output, hy, cy, _ = torch.ops.fused_rnn.rnn_forward(
-        mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
-    return output, hy, cy
+    output, hy, cy, cells, _ = torch.ops.fused_rnn.rnn_forward(
+        mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train, cell_states)
+    return output, hy, cy, cells

@@ -17,8 +17,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional
+from ._ops import rnn_layer
 
-__all__ = ["RNNBase", "LSTM", "GRU", "RNN"]
+__all__ = ["RNNBase", "LSTM", "GRU", "RNN", "RNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 
 # Names torch.nn's forward uses in its "Expected input to be 2D or 3D" message.
 _DIM_ERROR = {
@@ -60,12 +61,21 @@ class RNNBase(torch.nn.RNNBase):
             raise RuntimeError(
                 f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
-    def forward(self, input, hx=None, *, lengths=None):
-        """torch.nn's forward, plus `lengths=`: on padded input, a 1-D list or tensor of sequence
-        lengths, giving the results of packing the input with them (outputs past a sequence's
-        length are 0, h_n/c_n are taken at each sequence's own last step)."""
+    def forward(self, input, hx=None, *, lengths=None, cell_states=False):
+        """torch.nn's forward, plus two keywords (the defaults give torch.nn's behaviour):
+
+        lengths: on padded input, a 1-D list or tensor of sequence lengths, giving the results
+            of packing the input with them (outputs past a sequence's length are 0, h_n/c_n are
+            taken at each sequence's own last step).
+        cell_states: LSTM only. Also return the last layer's cell state c_t at every step, shaped
+            like the output with hidden_size features per direction (a PackedSequence for packed
+            input): `output, (h_n, c_n), c_all = lstm(x, cell_states=True)`. Gradients flow
+            through it like through the output.
+        """
+        if cell_states and self.mode != "LSTM":
+            raise ValueError("cell_states=True is only for LSTM: GRU and RNN have no cell state")
         if lengths is not None:
-            return self._forward_lengths(input, hx, lengths)
+            return self._forward_lengths(input, hx, lengths, cell_states)
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
@@ -95,22 +105,27 @@ class RNNBase(torch.nn.RNNBase):
         if not packed and self.batch_first:
             input = input.transpose(0, 1)
         h0, c0 = hx if lstm else (hx, None)
-        output, h_n, c_n = functional.rnn(
+        output, h_n, c_n, *cells = functional.rnn(
             self.mode, input, batch_sizes, h0, c0, self._flat_weights, self.bias,
-            self.num_layers, self.dropout, self.training, self.bidirectional, self.proj_size > 0)
+            self.num_layers, self.dropout, self.training, self.bidirectional, self.proj_size > 0,
+            cell_states=cell_states)
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output, self.permute_hidden(hidden, unsorted_indices)
+            cells = [PackedSequence(c, batch_sizes, sorted_indices, unsorted_indices)
+                     for c in cells]
+            return (output, self.permute_hidden(hidden, unsorted_indices), *cells)
         if self.batch_first:
             output = output.transpose(0, 1)
+            cells = [c.transpose(0, 1) for c in cells]
         if not batched:
             output = output.squeeze(batch_dim)
+            cells = [c.squeeze(batch_dim) for c in cells]
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
-        return output, hidden
+        return (output, hidden, *cells)
 
-    def _forward_lengths(self, input: Tensor, hx, lengths):
+    def _forward_lengths(self, input: Tensor, hx, lengths, cell_states=False):
         if isinstance(input, PackedSequence):
             raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
         if input.dim() != 3:
@@ -131,9 +146,11 @@ class RNNBase(torch.nn.RNNBase):
                 f"lengths must not exceed the sequence length {total}, got {int(lengths.max())}")
         packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first,
                                       enforce_sorted=False)
-        output, hidden = self.forward(packed, hx)
+        output, hidden, *cells = self.forward(packed, hx, cell_states=cell_states)
         output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=total)
-        return output, hidden
+        cells = [pad_packed_sequence(c, batch_first=self.batch_first, total_length=total)[0]
+                 for c in cells]
+        return (output, hidden, *cells)
 
 
 class LSTM(RNNBase):
@@ -175,3 +192,112 @@ class RNN(RNNBase):
             raise ValueError(
                 f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells: one step, one fused op (the layer op with T = 1) forward and backward.
+
+# c10's names, which torch's matmul uses in its dtype-mismatch message.
+_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+                torch.bfloat16: "BFloat16"}
+
+
+class RNNCellBase(torch.nn.RNNCellBase):
+    """Shared step of the fused cells. Parameters, initialisation and repr are torch.nn's."""
+
+    def _check_states(self, input: Tensor, states) -> None:
+        """torch's check_rnn_cell_forward_input / _hidden, then its matmul's dtype check."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {self.input_size}")
+        for label, state in enumerate(states):
+            if input.size(0) != state.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{label} "
+                                   f"batch size {state.size(0)}")
+            if state.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got "
+                                   f"{state.size(1)}, expected {self.hidden_size}")
+        weight = self.weight_ih
+        for t in (input, states[0]):
+            if t.dtype != weight.dtype:
+                raise RuntimeError(
+                    "mat1 and mat2 must have the same dtype, but got "
+                    f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} and "
+                    f"{_DTYPE_NAMES.get(weight.dtype, weight.dtype)}")
+
+    def _step(self, mode: str, input: Tensor, h: Tensor, c: Tensor | None):
+        _, hy, cy, _ = rnn_layer(mode, input.unsqueeze(0), None, h, c, self.weight_ih,
+                                 self.weight_hh, self.bias_ih, self.bias_hh)
+        return hy, cy
+
+    def _batched(self, name: str, input: Tensor, hx, labels):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        for label, state in zip(labels, hx if isinstance(hx, tuple) else (hx,)):
+            if state is not None and state.dim() not in (1, 2):
+                raise ValueError(
+                    f"{name}: Expected {label} to be 1D or 2D, got {state.dim()}D instead")
+        return input.dim() == 2
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in for torch.nn.LSTMCell."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        batched = self._batched("LSTMCell", input, hx if hx is not None else (None, None),
+                                ["hx[0]", "hx[1]"])
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            hx = (zeros, zeros)
+        elif not batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        self._check_states(input, hx)
+        h, c = self._step("LSTM", input, hx[0], hx[1])
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in for torch.nn.GRUCell."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        return _single_state_step(self, "GRUCell", "GRU", input, hx)
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in for torch.nn.RNNCell (nonlinearity 'tanh' or 'relu')."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        return _single_state_step(self, "RNNCell", modes.get(self.nonlinearity), input, hx)
+
+
+def _single_state_step(cell: RNNCellBase, name: str, mode: str | None, input: Tensor, hx):
+    """GRUCell and RNNCell forward, torch.nn's checks in torch.nn's order."""
+    batched = cell._batched(name, input, hx, ["hidden"])
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = torch.zeros(input.size(0), cell.hidden_size, dtype=input.dtype, device=input.device)
+    elif not batched:
+        hx = hx.unsqueeze(0)
+    if mode is None:
+        raise RuntimeError(f"Unknown nonlinearity: {cell.nonlinearity}")
+    cell._check_states(input, (hx,))
+    h, _ = cell._step(mode, input, hx, None)
+    return h if batched else h.squeeze(0)

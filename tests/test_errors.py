@@ -136,7 +136,7 @@ def test_op_rejects_bad_batch_sizes():
                        ([2, 1], "sum to 3"), ([2, 0, 2], "positive")]:
         with pytest.raises(RuntimeError, match=msg):
             torch.ops.fused_rnn.rnn_forward("LSTM", x, torch.tensor(sizes), h, h.clone(), w_ih,
-                                            w_hh, None, None, None, False, False)
+                                            w_hh, None, None, None, False, False, False)
     with pytest.raises(ValueError, match="Unrecognized RNN mode: LTSM"):
         torch.ops.fused_rnn.rnn_forward("LTSM", x.view(2, 2, 3), None, h, h, w_ih, w_hh, None,
-                                        None, None, False, False)
+                                        None, None, False, False, False)

@@ -13,7 +13,7 @@ MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
 
 def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=True,
-               dtype=torch.float64, requires_grad=True):
+               dtype=torch.float64, requires_grad=True, cells=False):
     g = _ops.gates_of(mode) * H
     state = P if proj else H
 
@@ -28,21 +28,22 @@ def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=T
         x = t(T, B, I)
     return (mode, x, batch_sizes, t(B, state), t(B, H) if mode == "LSTM" else None, t(g, I),
             t(g, state), t(g) if bias else None, t(g) if bias else None,
-            t(P, H) if proj else None, reverse, train)
+            t(P, H) if proj else None, reverse, train, cells)
 
 
 CASES = [
-    dict(mode=m, proj=proj, packed=packed, reverse=rev, bias=bias)
+    dict(mode=m, proj=proj, packed=packed, reverse=rev, bias=bias, cells=cells)
     for m in MODES
     for proj in ([False, True] if m == "LSTM" else [False])
     for packed in (False, True)
     for rev in (False, True)
     for bias in (True, False)
+    for cells in ([False, True] if m == "LSTM" and bias else [False])
 ]
 
 
 def case_id(c):
-    return "-".join([c["mode"]] + [k for k in ("proj", "packed", "reverse") if c[k]]
+    return "-".join([c["mode"]] + [k for k in ("proj", "packed", "reverse", "cells") if c[k]]
                     + ([] if c["bias"] else ["nobias"]))
 
 
@@ -55,17 +56,18 @@ def test_opcheck_forward(case):
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
 def test_opcheck_backward(case):
     args = layer_args(**case, requires_grad=False)
-    output, hy, cy, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
     mode = args[0]
     bw_args = (*args[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
-               torch.randn_like(cy) if mode == "LSTM" else None)
+               torch.randn_like(cy) if mode == "LSTM" else None,
+               torch.randn_like(cells) if case["cells"] else None)
     torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_gradcheck(case):
     args = layer_args(**case)
-    mode, batch_sizes, reverse = args[0], args[2], args[10]
+    mode, reverse, cells = args[0], args[10], args[12]
     tensors = [a for a in args[1:10] if torch.is_tensor(a) and a.requires_grad]
     positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
 
@@ -73,11 +75,13 @@ def test_gradcheck(case):
         full = list(args)
         for pos, t in zip(positions, ts):
             full[pos] = t
-        output, hy, cy = _ops.rnn_layer(*full[:10], reverse=reverse, train=True)
-        return (output, hy, cy) if mode == "LSTM" else (output, hy)
+        output, hy, cy, c_all = _ops.rnn_layer(*full[:10], reverse=reverse, train=True,
+                                               cell_states=cells)
+        if mode != "LSTM":
+            return output, hy
+        return (output, hy, cy, c_all) if cells else (output, hy, cy)
 
     assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-5, rtol=1e-4)
-    del batch_sizes
 
 
 def test_backward_without_workspace_raises():
@@ -98,3 +102,27 @@ def test_backend_info():
     assert info["torch"] == torch.__version__
     # The registered CUDA kernels are what the build says it compiled.
     assert info["cuda"] == info["cuda_compiled"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck_noncontiguous(mode):
+    """Strided input and hx (a batch_first transpose, a slice): the fake kernels must report the
+    strides the kernels return (contiguous), or inductor's stride asserts fail."""
+    args = list(layer_args(mode))
+    args[1] = torch.randn(B, T, I, dtype=torch.float64).transpose(0, 1).requires_grad_()
+    args[3] = torch.randn(B, 2 * H, dtype=torch.float64)[:, ::2].requires_grad_()
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, tuple(args))
+    args = [a.detach() if torch.is_tensor(a) else a for a in args]
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grad_out = torch.randn(T, 2 * B, H, dtype=torch.float64)[:, ::2]
+    bw_args = (*args[:11], workspace, grad_out, torch.randn_like(hy),
+               torch.randn_like(cy) if mode == "LSTM" else None, None)
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args)
+
+
+def test_double_backward_raises():
+    args = layer_args("LSTM")
+    output, *_ = _ops.rnn_layer(*args[:10], train=True)
+    (grad,) = torch.autograd.grad(output.square().sum(), args[1], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad.sum().backward()
