@@ -19,6 +19,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -366,6 +367,9 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse, train, cell_states};
   typename Backend::DeviceGuard guard(input.device());
+  // The ATen calls inside run in the given dtypes: autocast (if on) already applied, or not,
+  // at the op's boundary.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   ForwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
@@ -387,6 +391,7 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse, true, false};
   typename Backend::DeviceGuard guard(input.device());
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   BackwardResult result;
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;

@@ -138,6 +138,15 @@ def check_build(device: torch.device) -> None:
             "fused_rnn.backend_info() shows what the current build holds.")
 
 
+def autocast_dtype(device: torch.device):
+    """The dtype CUDA autocast runs RNNs in (torch.nn's RNNs are on autocast's lower-precision
+    list there), or None. CPU autocast is not applied: the CPU kernels are fp32/fp64 only, and
+    run in the input's dtype."""
+    if device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
 def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
               reverse: bool = False, train: bool | None = None, cell_states: bool = False):
     """One layer, one direction: returns (output, h_n, c_n, cells); c_n is empty unless LSTM,

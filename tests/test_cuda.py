@@ -93,3 +93,24 @@ def test_cuda_tensor_on_cpu_only_build_names_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match="built without CUDA kernels.*FUSED_RNN_CPU_ONLY"):
         _ops.check_build(torch.device("cuda"))
     _ops.check_build(torch.device("cpu"))
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_autocast_like_torch(mode, proj):
+    """Under CUDA autocast torch.nn's RNNs run in fp16; so do the fused ones."""
+    ref, fused = _pair_on(mode, proj, "cuda", torch.float32)
+    x = torch.randn(7, 4, 5, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out_ref, out_fused = ref(x)[0], fused(x)[0]
+    assert out_fused.dtype == out_ref.dtype
+    torch.testing.assert_close(out_fused.float(), out_ref.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_cpu_autocast_runs_in_input_dtype():
+    fused = fused_rnn.LSTM(5, 6)
+    x = torch.randn(7, 4, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(x)[0]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fused(x)[0])
