@@ -21,9 +21,35 @@ def main(argv=None):
     bench.add_argument("--no-check", action="store_true", help="skip the parity check")
     bench.add_argument("--no-progress", action="store_true")
     bench.add_argument("--list", action="store_true", help="list the shapes and exit")
+    bench.add_argument("--models", nargs="?", const="all", default=None,
+                       help="also time a training step of the seed models (comma-separated "
+                            "names, or all); --shapes none skips the kernel shapes")
+    train = sub.add_parser("train", help="train a seed model (fused_rnn.models)")
+    train.add_argument("model", help="one of: toxic, imdb, imdb_rnn, tweets, chunker, char_rnn, "
+                                     "tagger, mnist_rows, rnn_lm")
+    train.add_argument("--data", default=None,
+                       help="the real dataset: Jigsaw train.csv (toxic), the aclImdb folder "
+                            "(imdb), Tweets.csv (tweets), CoNLL-2000 train.txt (chunker), a "
+                            "folder of MNIST idx files (mnist_rows), a text file (rnn_lm); "
+                            "without it: the seeds' toy data, scikit-learn digits or labelled "
+                            "synthetic sequences")
+    train.add_argument("--impl", choices=["fused", "torch"], default="fused")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--limit", type=int, default=None, help="at most this many examples")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.command == "train":
+        from . import train as trainer
+
+        task = trainer.make_task(args.model, args.data, args.impl, args.limit, args.seed)
+        print(f"{args.model} on {args.impl}: {sum(p.numel() for p in task.model.parameters())} "
+              f"parameters; data: {task.source}; {len(task.train_batches)} training batches")
+        trainer.train(task, args.epochs, progress=not args.no_progress)
+        return 0
 
     from . import bench as engine
 
@@ -37,12 +63,25 @@ def main(argv=None):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available here", file=sys.stderr)
         return 2
-    report = engine.run(engine.select(args.shapes), args.device, repeats=args.repeats,
-                        progress=not args.no_progress, check=not args.no_check)
-    print(engine.format_table(report))
+    report = {}
+    if args.shapes != "none":
+        report = engine.run(engine.select(args.shapes), args.device, repeats=args.repeats,
+                            progress=not args.no_progress, check=not args.no_check)
+        print(engine.format_table(report))
+    if args.models:
+        from .models import MODELS
+
+        names = list(MODELS) if args.models == "all" else args.models.split(",")
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            print(f"unknown model(s): {unknown}; choose from {list(MODELS)}", file=sys.stderr)
+            return 2
+        report["models"] = engine.run_models(names, args.repeats, not args.no_progress)
+        print()
+        print(engine.format_models_table(report["models"]))
     if args.json:
         engine.save_json(report, args.json)
-    if args.plot:
+    if args.plot and report.get("results"):
         engine.plot(report, args.plot)
     return 0
 

@@ -20,6 +20,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 
+from ._progress import Progress
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -202,24 +204,6 @@ def gemm_peak(device, dtype=torch.float32, n=1024, repeats=5) -> float:
     return 2.0 * n ** 3 / best / 1e9
 
 
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total, enabled=True):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-
-    def step(self, label):
-        self.done += 1
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                             f"{self.done}/{self.total} {label:<24}")
-            sys.stderr.flush()
-            if self.done == self.total:
-                sys.stderr.write("\n")
-
-
 def run(shapes, device="cpu", repeats=5, progress=True, check=True):
     """Runs the benchmark; returns a JSON-able dict."""
     peak = gemm_peak(device)
@@ -326,3 +310,64 @@ def plot(report, path):
 def save_json(report, path):
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
+
+
+# ---- training steps of the seed models (fused_rnn.models), torch.nn vs fused
+
+
+def time_model_steps(name: str, repeats: int = 5, warmup: int = 2, min_time: float = 0.05):
+    """Seconds per training step (forward, backward, optimizer step) of a seed model on its
+    default (no-download) data, torch.nn and fused from the same weights, interleaved."""
+    from . import train as trainer
+
+    tasks = {impl: trainer.make_task(name, impl=impl) for impl in ("torch", "fused")}
+    tasks["fused"].model.load_state_dict(tasks["torch"].model.state_dict())
+    batch = max(tasks["torch"].train_batches, key=lambda b: b[1].numel())
+    steps = {}
+    for impl, task in tasks.items():
+        opt = task.optimizer(task.model.parameters())
+
+        def step(task=task, opt=opt):
+            opt.zero_grad()
+            task.loss_fn(task.model(*batch[0]), batch[1]).backward()
+            opt.step()
+
+        steps[impl] = step
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    start = time.perf_counter()
+    steps["fused"]()
+    inner = max(1, int(min_time / max(time.perf_counter() - start, 1e-6)))
+    times = {impl: [] for impl in steps}
+    for _ in range(repeats):
+        for impl, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                step()
+            times[impl].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def run_models(names, repeats=5, progress=True):
+    bar = Progress(len(names), progress)
+    rows = []
+    for name in names:
+        times = time_model_steps(name, repeats)
+        row = {"model": name}
+        for impl in ("torch", "fused"):
+            row[impl] = {"best_ms": min(times[impl]) * 1e3,
+                         "median_ms": statistics.median(times[impl]) * 1e3}
+        row["speedup"] = row["torch"]["best_ms"] / row["fused"]["best_ms"]
+        rows.append(row)
+        bar.step(name)
+    return rows
+
+
+def format_models_table(rows) -> str:
+    lines = ["| model | train step torch ms | train step fused ms | speedup |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['torch']['best_ms']:.3f} | {r['fused']['best_ms']:.3f} "
+                     f"| {r['speedup']:.2f}x |")
+    return "\n".join(lines)

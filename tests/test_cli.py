@@ -1,0 +1,45 @@
+"""The command line as a user runs it: bench (table, JSON, plot, --models) and its errors."""
+
+import json
+import subprocess
+import sys
+
+from fused_rnn import bench
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "fused_rnn", *args], capture_output=True,
+                          text=True)
+
+
+def test_bench_table_json_plot(tmp_path):
+    out = run("bench", "--shapes", "char_rnn,toxic_lstm", "--repeats", "1", "--json",
+              str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--models", "char_rnn")
+    assert out.returncode == 0, out.stderr
+    assert "| char_rnn |" in out.stdout and "| toxic_lstm |" in out.stdout
+    assert "train step torch ms" in out.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(r["name"] for r in report["results"]) == ["char_rnn", "toxic_lstm"]
+    for r in report["results"]:
+        assert r["parity_max_rel_diff"] < 1e-10  # the parity check ran, in fp64
+        assert r["fwd_bwd"]["fused"]["best_ms"] > 0 and r["fwd_bwd"]["speedup"] > 0
+    assert report["models"][0]["model"] == "char_rnn"
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_errors_and_list():
+    bad = run("bench", "--shapes", "nope")
+    assert bad.returncode != 0 and "unknown shape or set: nope" in bad.stderr
+    listed = run("bench", "--list")
+    assert listed.returncode == 0
+    assert all(s.name in listed.stdout for s in bench.SHAPES)
+    assert run("bench", "--device", "cuda").returncode != 0 or bench.torch.cuda.is_available()
+
+
+def test_shape_sets_are_one_definition():
+    assert {s.name for s in bench.select("default")} == {s.name for s in bench.SHAPES
+                                                         if "default" in s.sets}
+    packed = bench.select("packed")
+    assert packed and all(s.packed for s in packed)
+    imdb = next(s for s in bench.SHAPES if s.name == "imdb_lstm_packed")
+    assert imdb.T == 500 and imdb.B == 32 and min(imdb.lengths()) >= 50
