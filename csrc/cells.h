@@ -76,7 +76,7 @@ struct Math<double> : ScalarMath<double> {};
 template <class scalar_t, bool Train>
 struct LSTMForward {
   using scalar_type = scalar_t;
-  const scalar_t* xg;  // [n, 4H]
+  const scalar_t* xg;  // [n, 4H]  (may be the same memory as `gates`: read before written)
   const scalar_t* hg;  // [n, 4H]
   scalar_t* c_state;   // [B, H]  c_{t-1} in, c_t out
   scalar_t* h_out;     // [n, ld_h] h_t (or o*tanh(c_t) when projected)

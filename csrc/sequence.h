@@ -261,7 +261,18 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // One GEMM for the input projection of every step, biases folded in.
   const at::Tensor x2d = x.view({s.N, d.I});
   const at::Tensor bias = input_bias(d.mode, a.b_ih, a.b_hh, d.H);
-  at::Tensor xproj = bias.defined() ? at::addmm(bias, x2d, a.w_ih.t()) : at::mm(x2d, a.w_ih.t());
+  // LSTM and RNN save exactly one value per gate row (the activated gate), at the position of
+  // its pre-activation: in training the input projection is written into the workspace's gates
+  // block and the step's functor overwrites it in place (each element reads its own row entries
+  // before writing them), which saves an [N, G] buffer.
+  const bool in_place = a.train && d.saved_cols() == d.G;
+  at::Tensor xproj = in_place ? workspace.narrow(0, 0, s.N * d.G).view({s.N, d.G})
+                              : at::empty({s.N, d.G}, opts);
+  if (bias.defined()) {
+    at::addmm_out(xproj, bias, x2d, a.w_ih.t());
+  } else {
+    at::mm_out(xproj, x2d, a.w_ih.t());
+  }
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
