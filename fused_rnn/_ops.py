@@ -2,8 +2,9 @@
 
 `torch.ops.fused_rnn.rnn_forward` runs one layer in one direction over a whole sequence
 (csrc/ops.cpp documents its arguments); its backward is the registered op
-`torch.ops.fused_rnn.rnn_backward`. Both have fake kernels, so `torch.compile(fullgraph=True)`
-traces through them.
+`torch.ops.fused_rnn.rnn_backward`, wired in C++ (csrc/autograd.cpp: a Python
+autograd.Function cost more than the kernels on small models). Both ops have fake kernels here,
+so `torch.compile(fullgraph=True)` traces through them.
 """
 
 from __future__ import annotations
@@ -75,52 +76,6 @@ def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
 
     return (like(input), like(hx), like(cx if mode == "LSTM" else None), like(w_ih), like(w_hh),
             like(b_ih), like(b_hh), like(w_hr))
-
-
-def _setup_context(ctx, inputs, output):
-    mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs[:12]
-    ctx.mode, ctx.reverse, ctx.train = mode, reverse, train
-    ctx.cell_states = len(inputs) > 12 and bool(inputs[12])
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output[4])
-
-
-def _backward(ctx, grad_output, grad_hy, grad_cy, grad_cell_states, _grad_workspace):
-    if not ctx.train:
-        raise RuntimeError(
-            "fused_rnn: rnn_forward was called with train=False, so it saved nothing to "
-            "differentiate; call it with train=True when gradients are needed")
-    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, workspace = ctx.saved_tensors
-    state = hx.shape[1]
-    rows_shape = (*input.shape[:-1], state)
-    if grad_output is None:
-        grad_output = input.new_zeros(rows_shape)
-    if grad_hy is None:
-        grad_hy = torch.zeros_like(hx)
-    if ctx.mode == "LSTM" and grad_cy is None:
-        grad_cy = torch.zeros_like(cx)
-    grads = torch.ops.fused_rnn.rnn_backward(
-        ctx.mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-        workspace, grad_output, grad_hy, grad_cy if ctx.mode == "LSTM" else None,
-        grad_cell_states if ctx.cell_states else None)
-    g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr = grads
-    return (None, g_input, None, g_hx, g_cx if cx is not None else None, g_w_ih, g_w_hh,
-            g_b_ih if b_ih is not None else None, g_b_hh if b_hh is not None else None,
-            g_w_hr if w_hr is not None else None, None, None, None)
-
-
-torch.library.register_autograd("fused_rnn::rnn_forward", _backward, setup_context=_setup_context)
-
-
-def _double_backward(ctx, *grads):
-    raise RuntimeError(
-        "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient penalty "
-        "with create_graph=True) is not supported; torch.nn's RNNs support it on the CPU")
-
-
-# Registered so that a backward run with create_graph=True fails loudly instead of returning
-# gradients silently detached from the graph.
-torch.library.register_autograd("fused_rnn::rnn_backward", _double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
 
 
 @functools.lru_cache(maxsize=None)
