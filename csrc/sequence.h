@@ -348,15 +348,16 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
 
   // Weight gradients: one GEMM each over all time-major rows.
   const at::Tensor h_prev = workspace.narrow(0, s.N * d.saved_cols(), s.N * d.P).view({s.N, d.P});
-  at::Tensor grad_input = at::mm(dgates_x, a.w_ih).view(x.sizes());
-  at::Tensor grad_w_ih = at::mm(dgates_x.t(), x2d);
-  at::Tensor grad_w_hh = at::mm(dgates_h.t(), h_prev);
+  at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih).view(x.sizes());
+  at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x2d);
+  at::Tensor grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
   at::Tensor grad_b_ih = a.b_ih ? dgates_x.sum(0) : at::empty({0}, opts);
   at::Tensor grad_b_hh = a.b_hh ? (gru ? dgates_h.sum(0) : grad_b_ih.clone()) : at::empty({0}, opts);
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (d.proj) {
     const int64_t r_off = s.N * (d.saved_cols() + d.P + d.H);
-    grad_w_hr = at::mm(dh_all.t(), workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
+    grad_w_hr = Backend::template grad_weight<scalar_t>(
+        dh_all, workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
   }
   return {grad_input, dh_state,  dc_state,  grad_w_ih,
           grad_w_hh,  grad_b_ih, grad_b_hh, grad_w_hr};

@@ -5,6 +5,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstring>
@@ -117,27 +119,30 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
-// Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small per-step products of the seed
-// models (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic:
-// R rows x 2 lanes of accumulators, B's rows streamed from cache. Columns past the last full
-// lane are done in scalar code.
+// Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small products of the seed models
+// (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic: R rows
+// x 2 lanes of accumulators, B's rows streamed from cache, a masked lane for the last columns.
+// A is read through two strides (element (r, p) at A[r * a_rs + p * a_cs]), so A^T B needs no
+// transposed copy.
 template <int R, class T>
-void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
-               T* C, int64_t ldc) {
+void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+               int64_t ldb, T beta, T* C, int64_t ldc) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
+  auto init = [&](int r, int64_t j, int64_t count) {
+    return beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j, count) * Vec(beta);
+  };
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
     Vec acc[R][2];
     for (int r = 0; r < R; ++r) {
-      for (int l = 0; l < 2; ++l) {
-        acc[r][l] = beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j + l * W) * Vec(beta);
-      }
+      acc[r][0] = init(r, j, W);
+      acc[r][1] = init(r, j + W, W);
     }
     for (int64_t p = 0; p < k; ++p) {
       const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
       for (int r = 0; r < R; ++r) {
-        const Vec a(A[r * lda + p]);
+        const Vec a(A[r * a_rs + p * a_cs]);
         acc[r][0] = at::vec::fmadd(a, b0, acc[r][0]);
         acc[r][1] = at::vec::fmadd(a, b1, acc[r][1]);
       }
@@ -147,40 +152,34 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_
       acc[r][1].store(C + r * ldc + j + W);
     }
   }
-  for (; j + W <= n; j += W) {
+  for (; j < n; j += W) {  // one lane, full or masked
+    const int64_t count = std::min<int64_t>(W, n - j);
     Vec acc[R];
-    for (int r = 0; r < R; ++r) {
-      acc[r] = beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j) * Vec(beta);
-    }
+    for (int r = 0; r < R; ++r) acc[r] = init(r, j, count);
     for (int64_t p = 0; p < k; ++p) {
-      const Vec b0 = Vec::loadu(B + p * ldb + j);
-      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * lda + p]), b0, acc[r]);
+      const Vec b0 = Vec::loadu(B + p * ldb + j, count);
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
     }
-    for (int r = 0; r < R; ++r) acc[r].store(C + r * ldc + j);
-  }
-  for (; j < n; ++j) {
-    for (int r = 0; r < R; ++r) {
-      T acc = 0;
-      for (int64_t p = 0; p < k; ++p) acc += A[r * lda + p] * B[p * ldb + j];
-      C[r * ldc + j] = beta == T(0) ? acc : acc + beta * C[r * ldc + j];
-    }
+    for (int r = 0; r < R; ++r) acc[r].store(C + r * ldc + j, count);
   }
 }
 
 // Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
 template <class T>
-void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-                int64_t ldb, T beta, T* C, int64_t ldc) {
+void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   int64_t i = 0;
-  for (; i + 6 <= m; i += 6) gemm_rows<6>(n, k, A + i * lda, lda, B, ldb, beta, C + i * ldc, ldc);
-  const T* a = A + i * lda;
+  for (; i + 6 <= m; i += 6) {
+    gemm_rows<6>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc);
+  }
+  const T* a = A + i * a_rs;
   T* c = C + i * ldc;
   switch (m - i) {
-    case 5: return gemm_rows<5>(n, k, a, lda, B, ldb, beta, c, ldc);
-    case 4: return gemm_rows<4>(n, k, a, lda, B, ldb, beta, c, ldc);
-    case 3: return gemm_rows<3>(n, k, a, lda, B, ldb, beta, c, ldc);
-    case 2: return gemm_rows<2>(n, k, a, lda, B, ldb, beta, c, ldc);
-    case 1: return gemm_rows<1>(n, k, a, lda, B, ldb, beta, c, ldc);
+    case 5: return gemm_rows<5>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
+    case 4: return gemm_rows<4>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
+    case 3: return gemm_rows<3>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
+    case 2: return gemm_rows<2>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
+    case 1: return gemm_rows<1>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
     default: return;
   }
 }
@@ -205,7 +204,42 @@ struct CPUBackend {
                                               int(ldb), A, int(lda), beta, C, int(ldc))) {
       return;
     }
-    small_gemm(m, n, k, A, lda, B, ldb, beta, C, ldc);
+    small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc);
+  }
+
+  // The weight and input gradients after the loop, over all N time-major rows. Up to this many
+  // gate-gradient elements (the seed models) the operands stay in cache and small_gemm beats
+  // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
+  static constexpr int64_t kSmallPostLoop = 256 * 1024;
+
+  // dW [G, K] = dgates^T [G, N] inputs [N, K]
+  template <class scalar_t>
+  static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
+    const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(1);
+    if (N * G > kSmallPostLoop || !dgates.is_contiguous() || inputs.stride(1) != 1) {
+      return at::mm(dgates.t(), inputs);
+    }
+    // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G.
+    at::Tensor grad_t = at::empty({K, G}, dgates.options());
+    small_gemm<scalar_t>(K, G, N, inputs.const_data_ptr<scalar_t>(), 1, inputs.stride(0),
+                         dgates.const_data_ptr<scalar_t>(), G, scalar_t(0),
+                         grad_t.data_ptr<scalar_t>(), G);
+    return grad_t.t().contiguous();
+  }
+
+  // dx [N, K] = dgates [N, G] w [G, K]
+  template <class scalar_t>
+  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight) {
+    const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
+    if (N * G > kSmallPostLoop || !dgates.is_contiguous()) return at::mm(dgates, weight);
+    const at::Tensor w = weight.contiguous();
+    at::Tensor grad = at::empty({N, K}, dgates.options());
+    at::parallel_for(0, N, 2048, [&](int64_t begin, int64_t end) {
+      small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * G, G, 1,
+                           w.const_data_ptr<scalar_t>(), K, scalar_t(0),
+                           grad.data_ptr<scalar_t>() + begin * K, K);
+    });
+    return grad;
   }
 
   template <class scalar_t>

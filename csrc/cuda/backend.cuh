@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/mm.h>
 #include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -87,6 +88,16 @@ struct CUDABackend {
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535);
     pointwise_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, rows, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // dW [G, K] = dgates^T inputs and dx [N, K] = dgates w after the loop: cuBLAS through ATen.
+  template <class scalar_t>
+  static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
+    return at::mm(dgates.t(), inputs);
+  }
+  template <class scalar_t>
+  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight) {
+    return at::mm(dgates, weight);
   }
 
   // The whole batch in one range: parallelism comes from the kernels.
