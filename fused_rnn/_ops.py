@@ -1,4 +1,4 @@
-"""The registered ops: loading the extension, fake (meta) kernels and autograd.
+"""The registered ops: loading the extension, fake (meta) kernels, the Python entry point.
 
 `torch.ops.fused_rnn.rnn_forward` runs one layer in one direction over a whole sequence
 (csrc/ops.cpp documents its arguments); its backward is the registered op
@@ -14,7 +14,6 @@ import functools
 import torch
 
 from . import _build_info
-
 
 
 def _cpu_has_avx2() -> bool:
@@ -33,7 +32,6 @@ if _build_info.CPU_AVX2 and not _cpu_has_avx2():
 
 from . import _C  # noqa: F401,E402  (loading the library registers torch.ops.fused_rnn.*)
 
-MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 # Values per hidden unit that forward saves for backward (csrc/cells.h: saved_of).
 _SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 import time
 
 import torch

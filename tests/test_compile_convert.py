@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
-from conftest import TOL, assert_same_run, make_pair
+from conftest import TOL, make_pair
 
 
 class Tagger(torch.nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
-from conftest import MODES, assert_same_run, make_pair
+from conftest import assert_same_run, make_pair
 from fused_rnn.info import OPS, has_kernel
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
