@@ -250,8 +250,9 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
   at::Tensor output = at::empty(out_shape, opts);
-  at::Tensor h_state = a.hx.contiguous().clone();
-  at::Tensor c_state = d.mode == Mode::LSTM ? a.cx->contiguous().clone() : at::empty({0}, opts);
+  at::Tensor h_state = a.hx.clone(at::MemoryFormat::Contiguous);
+  at::Tensor c_state =
+      d.mode == Mode::LSTM ? a.cx->clone(at::MemoryFormat::Contiguous) : at::empty({0}, opts);
   at::Tensor workspace = at::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
   std::vector<int64_t> cells_shape = x.sizes().vec();
   cells_shape.back() = d.H;
@@ -313,8 +314,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   auto opts = x.options();
   const at::Tensor x2d = x.view({s.N, d.I});
   const at::Tensor dout = grad_output.contiguous().view({s.N, d.P});
-  at::Tensor dh_state = grad_hy.contiguous().clone();
-  at::Tensor dc_state = d.mode == Mode::LSTM ? grad_cy->contiguous().clone() : at::empty({0}, opts);
+  at::Tensor dh_state = grad_hy.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dc_state =
+      d.mode == Mode::LSTM ? grad_cy->clone(at::MemoryFormat::Contiguous) : at::empty({0}, opts);
   at::Tensor dc_all;
   if (d.mode == Mode::LSTM && grad_cell_states && grad_cell_states->defined()) {
     dc_all = grad_cell_states->contiguous().view({s.N, d.H});
