@@ -1,5 +1,5 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
-// device. A Backend supplies three things, all on the current device/stream:
+// device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
 //   copy(dst, src, count)                                          contiguous copy
 //   pointwise(functor, rows, cols)                                 functor.apply over rows x cols

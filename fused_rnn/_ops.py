@@ -106,9 +106,15 @@ def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh
     cells (c_t of every step, shaped like output with hidden_size features) unless asked for.
 
     `train` (default: whether autograd will need the result) decides whether the workspace that
-    backward reads is kept.
+    backward reads is kept. Under CUDA autocast everything runs in the autocast dtype; the op
+    itself has no autocast kernel, so this is the one place that casts.
     """
     check_build(input.device)
+    cast = autocast_dtype(input.device)
+    if cast is not None:  # as torch.nn's RNNs and cells under CUDA autocast: all in `cast`
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (
+            t.to(cast) if t is not None else None
+            for t in (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
     if train is None:
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._ops import autocast_dtype, rnn_layer
+from ._ops import rnn_layer
 
 
 def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num_layers: int,
@@ -25,13 +25,6 @@ def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num
     Returns (output, h_n, c_n), c_n None unless LSTM; with cell_states (LSTM), a fourth item:
     the last layer's c_t for every step, directions concatenated like the output.
     """
-    cast = autocast_dtype(input.device)
-    if cast is not None:  # as torch.nn's RNNs under CUDA autocast: everything in `cast`
-        with torch.autocast("cuda", enabled=False):
-            return rnn(mode, input.to(cast), batch_sizes, hx.to(cast),
-                       cx.to(cast) if cx is not None else None,
-                       [w.to(cast) for w in flat_weights], has_bias, num_layers, dropout,
-                       training, bidirectional, has_proj, cell_states)
     directions = 2 if bidirectional else 1
     per_layer = 2 + (2 if has_bias else 0) + (1 if has_proj else 0)
     lstm = mode == "LSTM"

@@ -12,14 +12,12 @@ The forward reproduces torch.nn's argument handling and error messages, then run
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional
-from ._ops import autocast_dtype, rnn_layer
+from ._ops import rnn_layer
 
 __all__ = ["RNNBase", "LSTM", "GRU", "RNN", "RNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -228,14 +226,8 @@ class RNNCellBase(torch.nn.RNNCellBase):
                     f"{_DTYPE_NAMES.get(weight.dtype, weight.dtype)}")
 
     def _step(self, mode: str, input: Tensor, h: Tensor, c: Tensor | None):
-        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        cast = autocast_dtype(input.device)
-        if cast is not None:  # torch.nn's cells run in the autocast dtype on CUDA
-            input, h = input.to(cast), h.to(cast)
-            c = c.to(cast) if c is not None else None
-            weights = [w.to(cast) if w is not None else None for w in weights]
-        with torch.autocast("cuda", enabled=False) if cast is not None else nullcontext():
-            _, hy, cy, _ = rnn_layer(mode, input.unsqueeze(0), None, h, c, *weights)
+        _, hy, cy, _ = rnn_layer(mode, input.unsqueeze(0), None, h, c, self.weight_ih,
+                                 self.weight_hh, self.bias_ih, self.bias_hh)
         return hy, cy
 
     def _batched(self, name: str, input: Tensor, hx, labels):

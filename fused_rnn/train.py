@@ -76,7 +76,7 @@ def _batches(items, batch_size, collate):
     return [collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def _pad_collate(with_lengths_first=True, label_dtype=torch.float32):
+def _pad_collate(label_dtype=torch.float32):
     """[(ids list, label)] -> ((padded ids [B, T], lengths), label tensor)."""
 
     def collate(batch):
