@@ -169,7 +169,8 @@ struct RNNForward {
 // ---------------------------------------------------------------------------------------------
 // Backward, one step. dh = dh_state + dout (dout may be nullptr: projected LSTM, where the loop
 // has already formed dr = (dh_state + dout) W_hr). Each functor writes the gradient of the
-// pre-activations (dgates) and the part of d(state_{t-1}) that does not go through W_hh.
+// pre-activations (dgates, [n, saved_of * H], laid out so that it may overwrite the saved gates
+// in place) and the part of d(state_{t-1}) that does not go through W_hh.
 
 template <class scalar_t>
 struct LSTMBackward {
@@ -180,7 +181,7 @@ struct LSTMBackward {
   const scalar_t* dout;    // [n, ld_dh] or nullptr
   const scalar_t* dc_all;  // [n, H] gradient of the returned c_t, or nullptr
   scalar_t* dc_state;      // [B, H]  dc_t in, dc_{t-1} out
-  scalar_t* dgates;        // [n, 4H]
+  scalar_t* dgates;        // [n, 4H] (may be the same memory as `gates`)
   int64_t H, ld_dh;
 
   template <class V>
@@ -211,8 +212,11 @@ struct GRUBackward {
   const scalar_t* h_prev;  // [n, H]
   scalar_t* dh_state;      // [B, H]  dh_t in; dh_{t-1} minus the W_hh part out
   const scalar_t* dout;    // [n, H]
-  scalar_t* dgates_x;      // [n, 3H] gradient of W_ih x + b_ih
-  scalar_t* dgates_h;      // [n, 3H] gradient of W_hh h + b_hh
+  // [n, 4H] dn*r, dr, dz, dn (may be the same memory as `gates`: read before written). Columns
+  // [0, 3H) are the gradient of W_hh h + b_hh in the gate order n, r, z (the loop multiplies
+  // them by W_hh's rows rolled to that order), columns [H, 4H) that of W_ih x + b_ih in
+  // torch.nn's order r, z, n: the two share dr and dz, so 4H columns hold both.
+  scalar_t* dgates;
   int64_t H;
 
   template <class V>
@@ -228,13 +232,10 @@ struct GRUBackward {
     const V dn = dht * (one - z) * (one - n * n);
     const V dz = dht * (hp - n) * z * (one - z);
     const V dr = dn * hn * r * (one - r);
-    const int64_t g0 = b * 3 * H + j;
-    M::store(dgates_x + g0, dr);
-    M::store(dgates_x + g0 + H, dz);
-    M::store(dgates_x + g0 + 2 * H, dn);
-    M::store(dgates_h + g0, dr);
-    M::store(dgates_h + g0 + H, dz);
-    M::store(dgates_h + g0 + 2 * H, dn * r);
+    M::store(dgates + s0, dn * r);
+    M::store(dgates + s0 + H, dr);
+    M::store(dgates + s0 + 2 * H, dz);
+    M::store(dgates + s0 + 3 * H, dn);
     M::store(dh_state + b * H + j, dht * z);
   }
 };
@@ -245,7 +246,7 @@ struct RNNBackward {
   const scalar_t* gates;  // [n, H] h_t
   const scalar_t* dh;     // [n, H]
   const scalar_t* dout;   // [n, H]
-  scalar_t* dgates;       // [n, H]
+  scalar_t* dgates;       // [n, H] (may be the same memory as `gates`)
   int64_t H;
 
   template <class V>

@@ -18,6 +18,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/roll.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
@@ -155,13 +156,16 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
   }
 }
 
+// `dgates` is [N, saved_cols] (see the backward functors in cells.h for its layout); its first G
+// columns of each row are the gradient of the recurrent pre-activation, which meets `w_hh`
+// (for GRU, with its gate rows rolled to the order n, r, z).
 template <class Backend, class scalar_t>
 void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
                    const scalar_t* w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
                    const scalar_t* dout, const scalar_t* dc_all, scalar_t* dh_state_all,
-                   scalar_t* dc_state_all, scalar_t* dgates_x, scalar_t* dgates_h,
-                   scalar_t* dh_all, scalar_t* dr_all) {
-  const int64_t H = d.H, P = d.P, G = d.G;
+                   scalar_t* dc_state_all, scalar_t* dgates, scalar_t* dh_all,
+                   scalar_t* dr_all) {
+  const int64_t H = d.H, P = d.P, G = d.G, S = d.saved_cols();
   scalar_t* dh_state = dh_state_all + range.begin * P;
   scalar_t* dc_state = dc_state_all ? dc_state_all + range.begin * H : nullptr;
   scalar_t* dr = dr_all ? dr_all + range.begin * H : nullptr;
@@ -170,8 +174,7 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
     const int64_t n = range.rows(s, t), off = range.offset(s, t);
     if (n == 0) continue;
     const scalar_t* dout_t = dout + off * P;
-    scalar_t* dgx = dgates_x + off * G;
-    scalar_t* dgh = dgates_h + off * G;
+    scalar_t* dg = dgates + off * S;
     switch (d.mode) {
       case Mode::LSTM: {
         const scalar_t* dh = dh_state;
@@ -184,14 +187,14 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
           dh_extra = nullptr;
         }
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
-                                 dc_all ? dc_all + off * H : nullptr, dc_state, dgx, H,
+                                 dc_all ? dc_all + off * H : nullptr, dc_state, dg, H,
                                  d.proj ? H : P};
         Backend::pointwise(f, n, H);
         break;
       }
       case Mode::GRU: {
         GRUBackward<scalar_t> f{ws.gates + off * 4 * H, ws.h_prev + off * P, dh_state, dout_t,
-                                dgx, dgh, H};
+                                dg, H};
         Backend::pointwise(f, n, H);
         break;
       }
@@ -199,16 +202,16 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
       case Mode::RNN_RELU: {
         const scalar_t* saved = ws.gates + off * H;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dgx, H}, n, H);
+          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H}, n, H);
         } else {
-          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dgx, H}, n, H);
+          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H}, n, H);
         }
         break;
       }
     }
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
-    Backend::gemm(n, P, G, dgh, G, w_hh, P, beta, dh_state, P);
+    Backend::gemm(n, P, G, dg, S, w_hh, P, beta, dh_state, P);
   }
 }
 
@@ -301,11 +304,14 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   return {output, h_state, c_state, cells, workspace};
 }
 
+// `consume`: the gate gradients are written over the workspace's saved gates (as each step's
+// gates are read, they are no longer needed), so the backward pass allocates no [N, G] buffer;
+// the workspace cannot be used again afterwards.
 template <class Backend, class scalar_t>
 BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
                               const at::Tensor& grad_output, const at::Tensor& grad_hy,
                               const c10::optional<at::Tensor>& grad_cy,
-                              const c10::optional<at::Tensor>& grad_cell_states) {
+                              const c10::optional<at::Tensor>& grad_cell_states, bool consume) {
   auto [s, d] = check_layer_args(a);
   TORCH_CHECK(workspace.numel() == s.N * d.ws_cols(),
               "fused_rnn: the workspace does not match this layer (was the forward run with "
@@ -323,15 +329,16 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   }
 
   const bool gru = d.mode == Mode::GRU;
-  at::Tensor dgates_x = at::empty({s.N, d.G}, opts);
-  at::Tensor dgates_h = gru ? at::empty({s.N, d.G}, opts) : dgates_x;
+  const int64_t S = d.saved_cols();
+  at::Tensor dgates = consume ? workspace.narrow(0, 0, s.N * S).view({s.N, S})
+                              : at::empty({s.N, S}, opts);
   at::Tensor dh_all = at::empty({d.proj ? s.N : 0, d.P}, opts);
   at::Tensor dr = at::empty({d.proj ? s.B : 0, d.H}, opts);
 
   if (s.N > 0) {
-    const at::Tensor w_hh = a.w_hh.contiguous();
+    const at::Tensor w_hh = gru ? a.w_hh.roll(d.H, 0) : a.w_hh.contiguous();
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
-    // const_cast: the workspace is only read here; WorkspaceView is shared with the forward.
+    // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
                                s.N);
     Backend::for_each_range(split_rows(s, Backend::max_row_ranges(s.B)), [&](RowRange range) {
@@ -342,22 +349,29 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,
           dh_state.data_ptr<scalar_t>(),
           d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
-          dgates_x.data_ptr<scalar_t>(), dgates_h.data_ptr<scalar_t>(),
-          d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
+          dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
           d.proj ? dr.data_ptr<scalar_t>() : nullptr);
     });
   }
 
-  // Weight gradients: one GEMM each over all time-major rows.
-  const at::Tensor h_prev = workspace.narrow(0, s.N * d.saved_cols(), s.N * d.P).view({s.N, d.P});
+  // Weight gradients: one GEMM each over all time-major rows. The input-side gate gradients are
+  // the last G columns of dgates, the recurrent-side ones the first G (the same for LSTM/RNN).
+  const at::Tensor dgates_x = dgates.narrow(1, S - d.G, d.G);
+  const at::Tensor dgates_h = dgates.narrow(1, 0, d.G);
+  const at::Tensor h_prev = workspace.narrow(0, s.N * S, s.N * d.P).view({s.N, d.P});
   at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih).view(x.sizes());
   at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x2d);
   at::Tensor grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
   at::Tensor grad_b_ih = a.b_ih ? dgates_x.sum(0) : at::empty({0}, opts);
-  at::Tensor grad_b_hh = a.b_hh ? (gru ? dgates_h.sum(0) : grad_b_ih.clone()) : at::empty({0}, opts);
+  at::Tensor grad_b_hh = at::empty({0}, opts);
+  if (a.b_hh) grad_b_hh = gru ? dgates_h.sum(0) : grad_b_ih.clone();
+  if (gru) {  // back from the order n, r, z to r, z, n
+    grad_w_hh = grad_w_hh.roll(-d.H, 0);
+    if (a.b_hh) grad_b_hh = grad_b_hh.roll(-d.H, 0);
+  }
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (d.proj) {
-    const int64_t r_off = s.N * (d.saved_cols() + d.P + d.H);
+    const int64_t r_off = s.N * (S + d.P + d.H);
     grad_w_hr = Backend::template grad_weight<scalar_t>(
         dh_all, workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
   }
@@ -392,7 +406,8 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
   return result;
 }
 
-template <class Backend>
+// rnn_backward (Consume = false) and rnn_backward_consume (true: the workspace is overwritten).
+template <class Backend, bool Consume = false>
 BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
                             const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
@@ -410,7 +425,7 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
     result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy,
-                                               grad_cell_states);
+                                               grad_cell_states, Consume);
   });
   return result;
 }

@@ -3,8 +3,9 @@
 `torch.ops.fused_rnn.rnn_forward` runs one layer in one direction over a whole sequence
 (csrc/ops.cpp documents its arguments); its backward is the registered op
 `torch.ops.fused_rnn.rnn_backward`, wired in C++ (csrc/autograd.cpp: a Python
-autograd.Function cost more than the kernels on small models). Both ops have fake kernels here,
-so `torch.compile(fullgraph=True)` traces through them.
+autograd.Function cost more than the kernels on small models), or, when the graph is not
+retained, `rnn_backward_consume`, which writes its gate gradients over the workspace. The ops
+have fake kernels here, so `torch.compile(fullgraph=True)` traces through them.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
 
     return (like(input), like(hx), like(cx if mode == "LSTM" else None), like(w_ih), like(w_hh),
             like(b_ih), like(b_hh), like(w_hr))
+
+
+@torch.library.register_fake("fused_rnn::rnn_backward_consume")
+def _rnn_backward_consume_fake(cell, *args, **kwargs):
+    return _rnn_backward_fake(cell, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)

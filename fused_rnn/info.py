@@ -6,7 +6,7 @@ import torch
 
 from . import _build_info
 
-OPS = ("rnn_forward", "rnn_backward")
+OPS = ("rnn_forward", "rnn_backward", "rnn_backward_consume")
 
 
 def has_kernel(op: str, device: str) -> bool:

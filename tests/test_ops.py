@@ -53,15 +53,33 @@ def test_opcheck_forward(case):
     torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, args)
 
 
+@pytest.mark.parametrize("op", ["rnn_backward", "rnn_backward_consume"])
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
-def test_opcheck_backward(case):
+def test_opcheck_backward(case, op):
+    """Both backward ops; opcheck also checks that rnn_backward_consume mutates nothing but its
+    (declared) workspace, and that the plain op mutates nothing."""
     args = layer_args(**case, requires_grad=False)
     output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
     mode = args[0]
     bw_args = (*args[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
                torch.randn_like(cy) if mode == "LSTM" else None,
                torch.randn_like(cells) if case["cells"] else None)
-    torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default, bw_args)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
+def test_backward_ops_agree(case):
+    """rnn_backward_consume returns exactly rnn_backward's gradients (bitwise: the same
+    arithmetic in the same order, only the buffer differs)."""
+    args = layer_args(**case, requires_grad=False)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grads = (torch.randn_like(output), torch.randn_like(hy),
+             torch.randn_like(cy) if args[0] == "LSTM" else None,
+             torch.randn_like(cells) if case["cells"] else None)
+    plain = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads)
+    consumed = torch.ops.fused_rnn.rnn_backward_consume(*args[:11], workspace.clone(), *grads)
+    for a, b in zip(plain, consumed, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

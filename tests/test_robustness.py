@@ -3,6 +3,8 @@
 import resource
 import threading
 
+import torch.utils.checkpoint
+
 import pytest
 import torch
 
@@ -65,6 +67,82 @@ def test_workspace_size_is_documented_formula(mode):
     assert ws_train.numel() == T * B * per_token[mode] == _ops.workspace_numel(mode, T * B, H, H,
                                                                                 False)
     assert ws_infer.numel() == 0
+
+
+def _backward_ops(run):
+    """Which fused_rnn backward ops `run()` called (the profiler records every dispatcher op)."""
+    with torch.profiler.profile() as prof:
+        run()
+    return sorted({e.name for e in prof.events() if e.name.startswith("fused_rnn::rnn_backward")})
+
+
+def _grads(module, x, retain_graph=False, times=1):
+    module.zero_grad()
+    x.grad = None
+    out, hidden = module(x)
+    hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+    loss = out.sin().sum() + sum(h.cos().sum() for h in hidden)
+    for _ in range(times):
+        loss.backward(retain_graph=retain_graph)
+    return [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("retain", [False, True], ids=["freed", "retain_graph"])
+def test_backward_overwrites_workspace_only_when_graph_is_freed(mode, retain):
+    """The backward pass writes its gate gradients over the saved workspace (no [N, gates]
+    buffer) when the graph is freed after it; with retain_graph=True it leaves the workspace
+    intact, so a second backward through the same graph accumulates the same gradients again."""
+    ref, fused = make_pair(mode, 4, 6, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 3, 4, dtype=torch.float64, requires_grad=True)
+    times = 2 if retain else 1
+    expected = _grads(ref, x, retain, times)
+    ops = _backward_ops(lambda: _grads(fused, x, retain, times))
+    assert ops == (["fused_rnn::rnn_backward"] if retain else ["fused_rnn::rnn_backward_consume"])
+    for a, b in zip(expected, _grads(fused, x, retain, times)):
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("hold", ["workspace", "view", "storage"])
+def test_backward_leaves_a_workspace_someone_holds_intact(hold):
+    """A caller of the op that keeps the returned workspace (or a view of it, or its storage)
+    still sees what the forward wrote after backward: the plain op runs."""
+    T, B, I, H = 5, 3, 4, 6
+    x = torch.randn(T, B, I, requires_grad=True)
+    w_ih, w_hh = torch.randn(4 * H, I, requires_grad=True), torch.randn(4 * H, H, requires_grad=True)
+    output, *_, workspace = torch.ops.fused_rnn.rnn_forward(
+        "LSTM", x, None, torch.zeros(B, H), torch.zeros(B, H), w_ih, w_hh, None, None, None,
+        False, True)
+    kept = {"workspace": workspace, "view": workspace[1:], "storage": workspace.untyped_storage()}[hold]
+    before = workspace.clone()
+    del workspace
+    assert _backward_ops(lambda: output.sum().backward()) == ["fused_rnn::rnn_backward"]
+    seen = kept if hold == "workspace" else (
+        torch.cat([before[:1], kept]) if hold == "view" else torch.tensor([], dtype=before.dtype).set_(kept))
+    torch.testing.assert_close(seen, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("wrap", ["checkpoint", "save_on_cpu"])
+def test_saved_tensor_hooks(mode, wrap):
+    """Non-reentrant activation checkpointing and save_on_cpu (saved-tensor hooks) give torch.nn's
+    gradients, with the workspace consumed or not."""
+    ref, fused = make_pair(mode, 4, 6, num_layers=2)
+    x = torch.randn(7, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def grads(module):
+        module.zero_grad()
+        x.grad = None
+        if wrap == "checkpoint":
+            out = torch.utils.checkpoint.checkpoint(lambda t: module(t)[0], x, use_reentrant=False)
+        else:
+            with torch.autograd.graph.save_on_cpu():
+                out = module(x)[0]
+        out.sin().sum().backward()
+        return [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+
+    for a, b in zip(grads(ref), grads(fused)):
+        torch.testing.assert_close(b, a)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -212,31 +212,32 @@ struct CPUBackend {
   // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
 
-  // dW [G, K] = dgates^T [G, N] inputs [N, K]
+  // dW [G, K] = dgates^T [G, N] inputs [N, K]; dgates may be a column block of a wider matrix.
   template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(1);
-    if (N * G > kSmallPostLoop || !dgates.is_contiguous() || inputs.stride(1) != 1) {
+    if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || inputs.stride(1) != 1) {
       return at::mm(dgates.t(), inputs);
     }
     // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G.
     at::Tensor grad_t = at::empty({K, G}, dgates.options());
     small_gemm<scalar_t>(K, G, N, inputs.const_data_ptr<scalar_t>(), 1, inputs.stride(0),
-                         dgates.const_data_ptr<scalar_t>(), G, scalar_t(0),
+                         dgates.const_data_ptr<scalar_t>(), dgates.stride(0), scalar_t(0),
                          grad_t.data_ptr<scalar_t>(), G);
     return grad_t.t().contiguous();
   }
 
-  // dx [N, K] = dgates [N, G] w [G, K]
+  // dx [N, K] = dgates [N, G] w [G, K]; dgates may be a column block of a wider matrix.
   template <class scalar_t>
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
-    if (N * G > kSmallPostLoop || !dgates.is_contiguous()) return at::mm(dgates, weight);
+    if (N * G > kSmallPostLoop || dgates.stride(1) != 1) return at::mm(dgates, weight);
     const at::Tensor w = weight.contiguous();
+    const int64_t ld = dgates.stride(0);
     at::Tensor grad = at::empty({N, K}, dgates.options());
     at::parallel_for(0, N, 2048, [&](int64_t begin, int64_t end) {
-      small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * G, G, 1,
-                           w.const_data_ptr<scalar_t>(), K, scalar_t(0),
+      small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,
+                           1, w.const_data_ptr<scalar_t>(), K, scalar_t(0),
                            grad.data_ptr<scalar_t>() + begin * K, K);
     });
     return grad;
