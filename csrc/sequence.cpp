@@ -53,28 +53,43 @@ Schedule make_schedule(const at::Tensor& input, const c10::optional<at::Tensor>&
   return s;
 }
 
-std::vector<RowRange> split_rows(const Schedule& s, int64_t parts) {
+std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t parts) {
   parts = std::max<int64_t>(1, std::min(parts, s.B));
-  if (parts == 1 || s.N == 0) return {RowRange{0, s.B}};
+  if (parts == 1 || s.N == 0) return {Part{0, s.B, 0, d.H}};
   // Length of row b = number of steps with b < rows[t]; rows are sorted longest first.
   std::vector<int64_t> length(s.B, 0);
   for (int64_t t = 0; t < s.T; ++t) {
     if (s.rows[t] > 0) length[s.rows[t] - 1] += 1;
   }
   for (int64_t b = s.B - 2; b >= 0; --b) length[b] += length[b + 1];
-  std::vector<RowRange> ranges;
+  std::vector<Part> ranges;
   int64_t begin = 0, seen = 0;
   for (int64_t b = 0; b < s.B; ++b) {
     seen += length[b];
     const int64_t left = parts - int64_t(ranges.size()) - 1;  // ranges still to open after this
     const bool full = seen * parts >= s.N * int64_t(ranges.size() + 1);
     if (left > 0 && full && s.B - (b + 1) >= left) {
-      ranges.push_back({begin, b + 1});
+      ranges.push_back({begin, b + 1, 0, d.H});
       begin = b + 1;
     }
   }
-  ranges.push_back({begin, s.B});
+  ranges.push_back({begin, s.B, 0, d.H});
   return ranges;
+}
+
+std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t parts,
+                              int64_t align) {
+  TORCH_INTERNAL_ASSERT(!d.proj, "fused_rnn: unit parts are not for projected LSTMs");
+  const int64_t chunks = (d.H + align - 1) / align;
+  parts = std::max<int64_t>(1, std::min(parts, chunks));
+  if (parts == 1) return {Part{0, s.B, 0, d.H}};
+  std::vector<Part> out;
+  for (int64_t i = 0; i < parts; ++i) {
+    const int64_t u0 = std::min(d.H, chunks * i / parts * align);
+    const int64_t u1 = std::min(d.H, chunks * (i + 1) / parts * align);
+    out.push_back({0, s.B, u0, u1, true});
+  }
+  return out;
 }
 
 LayerDims layer_dims(Mode mode, const at::Tensor& w_ih, const at::Tensor& w_hh,

@@ -1,8 +1,14 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
+//   pack_weight<scalar_t>(w, block) -> Tensor                      its own copy of a recurrent
+//                                                                  weight (or undefined: none)
+//   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc)           columns [c0, c1) of A W
 //   copy(dst, src, count)                                          contiguous copy
-//   pointwise(functor, rows, cols)                                 functor.apply over rows x cols
+//   copy_cols(dst, src, rows, col_begin, col_end, ld)              the same columns of [rows, ld]
+//   pointwise(functor, rows, col_begin, col_end)                   functor.apply over that block
+//   plan(schedule, dims) -> std::vector<Part>                      how to share out a layer
+//   for_each_part(parts, fn)                                       fn(part, sync) for each part
 // Everything outside the loop (the input projection, the weight gradients) is a handful of large
 // ATen calls, which already run on either device.
 //
@@ -77,49 +83,96 @@ struct WorkspaceView {
   }
 };
 
+// A recurrent weight, [K, N] row-major (W_hh^T in the forward pass, W_hh in the backward), as
+// the per-step GEMMs multiply by it: `packed` is the backend's copy made once per call (CPU:
+// column strips, so that every step streams it sequentially), null if it has none. Columns
+// come in blocks of `block` (a gate's units forward, the state backward); unit parts use
+// column ranges within one block, starting at a multiple of kUnitAlign.
+template <class scalar_t>
+struct Weight {
+  const scalar_t* data;
+  const scalar_t* packed;
+  int64_t K, N, block;
+};
+
+template <class scalar_t>
+Weight<scalar_t> make_weight(const at::Tensor& w, const at::Tensor& packed, int64_t block) {
+  return {w.const_data_ptr<scalar_t>(),
+          packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, w.size(0), w.size(1),
+          block};
+}
+
+// Unit parts start at multiples of this many units (two AVX2 lanes of floats).
+constexpr int64_t kUnitAlign = 16;
+
 // Bias folded into the input projection: b_ih + b_hh, except GRU's n gate whose b_hh part
 // stays inside r * (W_hn h + b_hn).
 at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
                       const c10::optional<at::Tensor>& b_hh, int64_t H);
 
-// Rows [begin, end) of the batch: the loops below run on one such range. Rows never interact,
-// so a backend may run several ranges at once (the CPU does, one per thread); the per-row
-// buffers (states, scratch) are indexed by absolute row, the time-major buffers by offset.
-struct RowRange {
-  int64_t begin, end;
-  // Rows of this range active at step t, and where they start in the time-major buffers.
+// One share of a layer's time loop: rows [begin, end) of the batch and hidden units
+// [u_begin, u_end). A backend may run several parts at once (the CPU does, one per thread):
+//  * row parts (all units each) never interact: each runs the whole time loop on its rows; the
+//    per-row buffers (states, scratch) are indexed by absolute row, the time-major buffers by
+//    offset;
+//  * unit parts (all rows, a slice of the units each, `units_split`) each read only their slice
+//    of the recurrent weight per step, but every step's GEMM reads all units of the previous
+//    state (forward) or gate gradient (backward), so the parts meet once per step (`sync`).
+//    Not for projected LSTMs (their state is W_hr's output, not per unit).
+struct Part {
+  int64_t begin, end;      // rows
+  int64_t u_begin, u_end;  // hidden units
+  bool units_split = false;
+  // Rows of this part active at step t, and where they start in the time-major buffers.
   int64_t rows(const Schedule& s, int64_t t) const {
     return std::max<int64_t>(0, std::min(s.rows[t], end) - begin);
   }
   int64_t offset(const Schedule& s, int64_t t) const { return s.offset[t] + begin; }
 };
 
-// Splits the batch into at most `parts` ranges of about equal token counts (rows are sorted by
-// length, so equal row counts would give the first range all the long sequences).
-std::vector<RowRange> split_rows(const Schedule& s, int64_t parts);
+// At most `parts` row parts of about equal token counts (rows are sorted by length, so equal
+// row counts would give the first part all the long sequences).
+std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t parts);
+// `parts` unit parts, their boundaries multiples of `align` units.
+std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t parts, int64_t align);
 
-template <class Backend, class scalar_t, bool Train>
-void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
-                  const scalar_t* xproj, const scalar_t* w_hh_t, const scalar_t* w_hr_t,
+// `hp_scratch`: [2, B, P], for unit parts without training (the previous state each step,
+// double-buffered); otherwise unused.
+template <class Backend, class scalar_t, bool Train, class Sync>
+void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
+                  const scalar_t* xproj, const Weight<scalar_t>& w_hh_t, const scalar_t* w_hr_t,
                   const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
                   scalar_t* c_state_all, scalar_t* c_all, scalar_t* hg_all,
-                  scalar_t* r_scratch_all, WorkspaceView<scalar_t> ws) {
+                  scalar_t* r_scratch_all, scalar_t* hp_scratch, WorkspaceView<scalar_t> ws) {
   const int64_t H = d.H, P = d.P, G = d.G;
-  scalar_t* h_state = h_state_all + range.begin * P;
-  scalar_t* c_state = c_state_all ? c_state_all + range.begin * H : nullptr;
-  scalar_t* hg = hg_all + range.begin * G;
-  scalar_t* r_scratch = r_scratch_all ? r_scratch_all + range.begin * H : nullptr;
+  const int64_t u0 = part.u_begin, u1 = part.u_end;
+  scalar_t* h_state = h_state_all + part.begin * P;
+  scalar_t* c_state = c_state_all ? c_state_all + part.begin * H : nullptr;
+  scalar_t* hg = hg_all + part.begin * G;
+  scalar_t* r_scratch = r_scratch_all ? r_scratch_all + part.begin * H : nullptr;
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = s.step(step, reverse);
-    const int64_t n = range.rows(s, t), off = range.offset(s, t);
+    const int64_t n = part.rows(s, t), off = part.offset(s, t);
     if (n == 0) continue;
     // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
     const scalar_t* h_prev = h_state;
-    if (Train) {
-      Backend::copy(ws.h_prev + off * P, h_state, n * P);
-      h_prev = ws.h_prev + off * P;
+    if (part.units_split) {
+      // Each part copies its own units, then all read all of them: nobody writes the state
+      // another part is still reading.
+      scalar_t* buf = Train ? ws.h_prev + off * P : hp_scratch + (step % 2) * s.B * P;
+      Backend::copy_cols(buf, h_state, n, u0, u1, P);
+      h_prev = buf;
+      sync();
+      for (int64_t g = 0; g < G; g += H) {  // this part's units of every gate
+        Backend::gemm_weight(n, g + u0, g + u1, h_prev, P, w_hh_t, scalar_t(0), hg, G);
+      }
+    } else {
+      if (Train) {
+        Backend::copy(ws.h_prev + off * P, h_state, n * P);
+        h_prev = ws.h_prev + off * P;
+      }
+      Backend::gemm_weight(n, 0, G, h_prev, P, w_hh_t, scalar_t(0), hg, G);
     }
-    Backend::gemm(n, G, P, h_prev, P, w_hh_t, G, scalar_t(0), hg, G);
     const scalar_t* xg = xproj + off * G;
     scalar_t* out = output + off * P;
     switch (d.mode) {
@@ -129,7 +182,7 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
                                        Train ? ws.gates + off * 4 * H : nullptr,
                                        Train ? ws.c_prev + off * H : nullptr,
                                        c_all ? c_all + off * H : nullptr, H, d.proj ? H : P};
-        Backend::pointwise(f, n, H);
+        Backend::pointwise(f, n, u0, u1);
         if (d.proj) {
           Backend::gemm(n, P, H, r, H, w_hr_t, P, scalar_t(0), out, P);
           Backend::copy(h_state, out, n * P);
@@ -139,16 +192,16 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
       case Mode::GRU: {
         GRUForward<scalar_t, Train> f{xg, hg, b_hn, h_state, out,
                                       Train ? ws.gates + off * 4 * H : nullptr, H};
-        Backend::pointwise(f, n, H);
+        Backend::pointwise(f, n, u0, u1);
         break;
       }
       case Mode::RNN_TANH:
       case Mode::RNN_RELU: {
         scalar_t* saved = Train ? ws.gates + off * H : nullptr;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNForward<scalar_t, Train, true>{xg, hg, h_state, out, saved, H}, n, H);
+          Backend::pointwise(RNNForward<scalar_t, Train, true>{xg, hg, h_state, out, saved, H}, n, u0, u1);
         } else {
-          Backend::pointwise(RNNForward<scalar_t, Train, false>{xg, hg, h_state, out, saved, H}, n, H);
+          Backend::pointwise(RNNForward<scalar_t, Train, false>{xg, hg, h_state, out, saved, H}, n, u0, u1);
         }
         break;
       }
@@ -159,19 +212,20 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange 
 // `dgates` is [N, saved_cols] (see the backward functors in cells.h for its layout); its first G
 // columns of each row are the gradient of the recurrent pre-activation, which meets `w_hh`
 // (for GRU, with its gate rows rolled to the order n, r, z).
-template <class Backend, class scalar_t>
-void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange range,
-                   const scalar_t* w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
+template <class Backend, class scalar_t, class Sync>
+void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
+                   const Weight<scalar_t>& w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
                    const scalar_t* dout, const scalar_t* dc_all, scalar_t* dh_state_all,
                    scalar_t* dc_state_all, scalar_t* dgates, scalar_t* dh_all,
                    scalar_t* dr_all) {
   const int64_t H = d.H, P = d.P, G = d.G, S = d.saved_cols();
-  scalar_t* dh_state = dh_state_all + range.begin * P;
-  scalar_t* dc_state = dc_state_all ? dc_state_all + range.begin * H : nullptr;
-  scalar_t* dr = dr_all ? dr_all + range.begin * H : nullptr;
+  const int64_t u0 = part.u_begin, u1 = part.u_end;
+  scalar_t* dh_state = dh_state_all + part.begin * P;
+  scalar_t* dc_state = dc_state_all ? dc_state_all + part.begin * H : nullptr;
+  scalar_t* dr = dr_all ? dr_all + part.begin * H : nullptr;
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.step(step, reverse);
-    const int64_t n = range.rows(s, t), off = range.offset(s, t);
+    const int64_t n = part.rows(s, t), off = part.offset(s, t);
     if (n == 0) continue;
     const scalar_t* dout_t = dout + off * P;
     scalar_t* dg = dgates + off * S;
@@ -181,7 +235,7 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
         const scalar_t* dh_extra = dout_t;
         if (d.proj) {
           // dh_t = dh_state + dout; dr = dh_t W_hr; dh_t is kept for dW_hr after the loop.
-          Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, dh_all + off * P, P}, n, P);
+          Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, dh_all + off * P, P}, n, 0, P);
           Backend::gemm(n, H, P, dh_all + off * P, P, w_hr, H, scalar_t(0), dr, H);
           dh = dr;
           dh_extra = nullptr;
@@ -189,29 +243,35 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, RowRange
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
                                  dc_all ? dc_all + off * H : nullptr, dc_state, dg, H,
                                  d.proj ? H : P};
-        Backend::pointwise(f, n, H);
+        Backend::pointwise(f, n, u0, u1);
         break;
       }
       case Mode::GRU: {
         GRUBackward<scalar_t> f{ws.gates + off * 4 * H, ws.h_prev + off * P, dh_state, dout_t,
                                 dg, H};
-        Backend::pointwise(f, n, H);
+        Backend::pointwise(f, n, u0, u1);
         break;
       }
       case Mode::RNN_TANH:
       case Mode::RNN_RELU: {
         const scalar_t* saved = ws.gates + off * H;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H}, n, H);
+          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H}, n, u0, u1);
         } else {
-          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H}, n, H);
+          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H}, n, u0, u1);
         }
         break;
       }
     }
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
+    // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
-    Backend::gemm(n, P, G, dg, S, w_hh, P, beta, dh_state, P);
+    if (part.units_split) {
+      sync();
+      Backend::gemm_weight(n, u0, u1, dg, S, w_hh, beta, dh_state, P);
+    } else {
+      Backend::gemm_weight(n, 0, P, dg, S, w_hh, beta, dh_state, P);
+    }
   }
 }
 
@@ -248,6 +308,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
   const at::Tensor w_hh_t = a.w_hh.t().contiguous();
+  const at::Tensor w_hh_t_packed = Backend::template pack_weight<scalar_t>(w_hh_t, d.H);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -283,22 +344,25 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor hg = at::empty({s.B, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
-  const std::vector<RowRange> ranges = split_rows(s, Backend::max_row_ranges(s.B));
-  auto run = [&](auto train, RowRange range) {
+  const std::vector<Part> parts = Backend::plan(s, d);
+  at::Tensor hp_scratch =
+      at::empty({!a.train && parts[0].units_split ? 2 * s.B * d.P : 0}, opts);
+  auto run = [&](auto train, const Part& part, auto& sync) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
-        s, d, a.reverse, range, xproj.const_data_ptr<scalar_t>(),
-        w_hh_t.const_data_ptr<scalar_t>(), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
+        s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(),
+        make_weight<scalar_t>(w_hh_t, w_hh_t_packed, d.H), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
         a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
-        r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr, ws);
+        r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
+        hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws);
   };
-  Backend::for_each_range(ranges, [&](RowRange range) {
+  Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
     if (a.train) {
-      run(std::true_type{}, range);
+      run(std::true_type{}, part, sync);
     } else {
-      run(std::false_type{}, range);
+      run(std::false_type{}, part, sync);
     }
   });
   return {output, h_state, c_state, cells, workspace};
@@ -337,13 +401,14 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
 
   if (s.N > 0) {
     const at::Tensor w_hh = gru ? a.w_hh.roll(d.H, 0) : a.w_hh.contiguous();
+    const at::Tensor w_hh_packed = Backend::template pack_weight<scalar_t>(w_hh, d.P);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
                                s.N);
-    Backend::for_each_range(split_rows(s, Backend::max_row_ranges(s.B)), [&](RowRange range) {
+    Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
       backward_loop<Backend, scalar_t>(
-          s, d, a.reverse, range, w_hh.const_data_ptr<scalar_t>(),
+          s, d, a.reverse, part, sync, make_weight<scalar_t>(w_hh, w_hh_packed, d.P),
           d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
           dout.const_data_ptr<scalar_t>(),
           dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import DEVICES, MODES, assert_same_run, make_pair
+from conftest import DEVICES, MODES, assert_same_run, flatten, make_pair
 
 I, H, P, T, B = 5, 6, 3, 7, 4
 
@@ -175,3 +175,36 @@ def test_training_steps_match():
             opt.step()
     for (name, a), b in zip(ref.named_parameters(), fused.parameters()):
         torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-7, msg=name)
+
+
+# Hidden sizes at which the CPU shares each step's units out across threads (W_hh >= 256 KB,
+# >= 32 units per thread; csrc/cpu/backend.h: plan), H not a multiple of the 16-unit alignment.
+UNIT_SPLIT_H = {"LSTM": 130, "GRU": 160, "RNN_TANH": 260, "RNN_RELU": 260}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("kind", ["padded", "packed_bidirectional", "inference"])
+def test_units_shared_across_threads(mode, kind):
+    """Two threads, each computing a slice of every step's units and meeting once per step:
+    the same values and gradients as torch.nn, padded, packed (rows stop at different steps) and
+    without autograd (double-buffered previous state)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        h = UNIT_SPLIT_H[mode]
+        ref, fused = make_pair(mode, 5, h, bidirectional=kind == "packed_bidirectional")
+        x = torch.randn(6, 5, 5, dtype=torch.float64, requires_grad=kind != "inference")
+        if kind == "packed_bidirectional":
+            def call(m):
+                return m(pack_padded_sequence(x, [6, 4, 4, 2, 1]))
+        else:
+            def call(m):
+                return m(x)
+        if kind == "inference":
+            with torch.no_grad():
+                for a, b in zip(flatten(call(ref)), flatten(call(fused))):
+                    torch.testing.assert_close(b, a)
+        else:
+            assert_same_run(ref, fused, call, [x])
+    finally:
+        torch.set_num_threads(threads)

@@ -7,9 +7,14 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -184,6 +189,33 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64
   }
 }
 
+// Threads of one parallel team meeting once per step (unit parts, sequence.h): a counter and a
+// generation number; the last to arrive opens the next generation. Waiters spin (a step is a
+// few microseconds), yielding now and then in case the machine is oversubscribed.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int count) : count_(count) {}
+  void wait() {
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == count_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 1; generation_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins % 4096 == 0) std::this_thread::yield();
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+
+ private:
+  const int count_;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> generation_{0};
+};
+
 struct CPUBackend {
   struct DeviceGuard {
     explicit DeviceGuard(c10::Device) {}
@@ -205,6 +237,67 @@ struct CPUBackend {
       return;
     }
     small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc);
+  }
+
+  // The recurrent weight in column strips of two lanes (16 floats / 8 doubles), each strip
+  // [K, strip] contiguous and zero-padded at the end of a block: a step then reads it front to
+  // back (the prefetchers follow; rows of the unpacked matrix are a page apart once N >= 1024),
+  // and a strip stays in L1 while all the step's rows use it.
+  template <class scalar_t>
+  static constexpr int64_t strip_width() {
+    return 2 * at::vec::Vectorized<scalar_t>::size();
+  }
+
+  // Weights that fit in L1 stay as they are.
+  static constexpr int64_t kPackMinBytes = 16 * 1024;
+
+  template <class scalar_t>
+  static at::Tensor pack_weight(const at::Tensor& w, int64_t block) {
+    constexpr int64_t SW = strip_width<scalar_t>();
+    const int64_t K = w.size(0), N = w.size(1), blocks = N / block;
+    if (K * N * int64_t(sizeof(scalar_t)) < kPackMinBytes) return at::Tensor();
+    const int64_t strips = (block + SW - 1) / SW;
+    at::Tensor packed = at::zeros({blocks * strips * K * SW}, w.options());
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* dst = packed.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t st = 0; st < strips; ++st) {
+        const int64_t c0 = b * block + st * SW, width = std::min(SW, block - st * SW);
+        scalar_t* panel = dst + (b * strips + st) * K * SW;
+        for (int64_t k = 0; k < K; ++k) {
+          std::memcpy(panel + k * SW, src + k * N + c0, sizeof(scalar_t) * width);
+        }
+      }
+    }
+    return packed;
+  }
+
+  // Up to this many rows, the packed strips beat the BLAS whatever the weight's size: it would
+  // repack the whole weight every step.
+  static constexpr int64_t kPackedMaxRows = 16;
+
+  template <class scalar_t>
+  static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
+                          const Weight<scalar_t>& w, scalar_t beta, scalar_t* C, int64_t ldc) {
+    if (m == 0 || c1 <= c0) return;
+    const int64_t K = w.K;
+    if (!w.packed || (m > kPackedMaxRows && K * (c1 - c0) > kSmallGemmWeight)) {
+      gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+      return;
+    }
+    constexpr int64_t SW = strip_width<scalar_t>();
+    const int64_t strips = (w.block + SW - 1) / SW;
+    for (int64_t c = c0; c < c1;) {
+      const int64_t b = c / w.block, in_block = c - b * w.block;
+      const int64_t end = std::min(c1 - b * w.block, w.block);  // within this block
+      TORCH_INTERNAL_ASSERT(in_block % SW == 0);
+      for (int64_t j = in_block; j < end; j += SW) {
+        const scalar_t* panel = w.packed + (b * strips + j / SW) * K * SW;
+        small_gemm(m, std::min(SW, end - j), K, A, lda, int64_t(1), panel, SW, beta,
+                   C + b * w.block + j, ldc);
+      }
+      c = b * w.block + end;
+    }
   }
 
   // The weight and input gradients after the loop, over all N time-major rows. Up to this many
@@ -248,17 +341,29 @@ struct CPUBackend {
     std::memcpy(dst, src, sizeof(scalar_t) * count);
   }
 
+  // Columns [col_begin, col_end) of rows x ld.
+  template <class scalar_t>
+  static void copy_cols(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t col_begin,
+                        int64_t col_end, int64_t ld) {
+    for (int64_t b = 0; b < rows; ++b) {
+      std::memcpy(dst + b * ld + col_begin, src + b * ld + col_begin,
+                  sizeof(scalar_t) * (col_end - col_begin));
+    }
+  }
+
   // Each functor reads and writes row b at base + b * ld + j, so lanes j..j+7 are contiguous.
+  // Columns [col_begin, col_end); col_begin is a multiple of the lane width (split_units).
   template <class F>
-  static void pointwise(const F& f, int64_t rows, int64_t cols) {
+  static void pointwise(const F& f, int64_t rows, int64_t col_begin, int64_t col_end) {
     using T = typename F::scalar_type;
     using Vec = at::vec::Vectorized<T>;
-    const int64_t vec_end = cols - cols % Vec::size();
+    const int64_t cols = col_end - col_begin;
+    const int64_t vec_end = col_end - cols % Vec::size();
     const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / std::max<int64_t>(cols, 1));
-    const int tail = int(cols - vec_end);
+    const int tail = int(col_end - vec_end);
     auto rows_range = [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        for (int64_t j = 0; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
+        for (int64_t j = col_begin; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
       }
       if (tail > 0) apply_tail(f, begin, end, vec_end, tail, std::make_integer_sequence<int, Vec::size()>{});
     };
@@ -269,21 +374,50 @@ struct CPUBackend {
     }
   }
 
-  // One range of rows per thread: each thread runs the whole time loop for its rows, with no
-  // synchronisation per step. The BLAS and pointwise calls inside then run single-threaded.
-  static int64_t max_row_ranges(int64_t batch) {
-    return std::min<int64_t>(at::get_num_threads(), batch);
+  // Unit parts pay one barrier per step to read 1/threads of W_hh each, where row parts each
+  // stream all of it every step: worth it once W_hh outgrows a core's L2 (512 KB here) and
+  // every thread keeps at least kMinUnitsPerPart units; not for projected LSTMs.
+  static constexpr int64_t kUnitSplitWeightBytes = 256 * 1024;
+  static constexpr int64_t kMinUnitsPerPart = 32;
+
+  static std::vector<Part> plan(const Schedule& s, const LayerDims& d) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const int64_t weight_bytes = d.P * d.G * int64_t(sizeof(float));
+    if (threads > 1 && !d.proj && d.H >= kMinUnitsPerPart * threads &&
+        weight_bytes >= kUnitSplitWeightBytes) {
+      return split_units(s, d, threads, kUnitAlign);
+    }
+    return split_rows(s, d, threads);
   }
 
-  template <class Range, class Fn>
-  static void for_each_range(const std::vector<Range>& ranges, const Fn& fn) {
-    if (ranges.size() == 1) {
-      fn(ranges[0]);
+  // Row parts: one per thread, each running the whole time loop for its rows with no
+  // synchronisation per step; the BLAS and pointwise calls inside then run single-threaded.
+  // Unit parts: one OpenMP team of exactly that many threads, meeting at a barrier each step;
+  // if the runtime gives a smaller team, one thread runs the whole layer instead.
+  template <class Fn>
+  static void for_each_part(const std::vector<Part>& parts, const Fn& fn) {
+    auto no_sync = [] {};
+    if (parts.size() == 1) {
+      fn(parts[0], no_sync);
       return;
     }
-    at::parallel_for(0, int64_t(ranges.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) fn(ranges[i]);
-    });
+    if (!parts[0].units_split) {
+      at::parallel_for(0, int64_t(parts.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) fn(parts[i], no_sync);
+      });
+      return;
+    }
+    const int team = int(parts.size());
+    SpinBarrier barrier(team);
+    auto sync = [&] { barrier.wait(); };
+#pragma omp parallel num_threads(team)
+    {
+      if (omp_get_num_threads() == team) {
+        fn(parts[omp_get_thread_num()], sync);
+      } else if (omp_get_thread_num() == 0) {
+        fn(Part{parts[0].begin, parts[0].end, 0, parts.back().u_end}, no_sync);
+      }
+    }
   }
 
   // Runs the partial lane of rows [begin, end) with the TailVec<T, tail> instantiation.

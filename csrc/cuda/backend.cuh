@@ -20,12 +20,12 @@
 namespace fused_rnn {
 
 template <class F>
-__global__ void pointwise_kernel(F f, int64_t rows, int64_t cols) {
+__global__ void pointwise_kernel(F f, int64_t rows, int64_t col_begin, int64_t cols) {
   using V = at::opmath_type<typename F::scalar_type>;  // fp16/bf16 math runs in fp32
   const int64_t total = rows * cols;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    f.template apply<V>(idx / cols, idx % cols);
+    f.template apply<V>(idx / cols, col_begin + idx % cols);
   }
 }
 
@@ -74,6 +74,18 @@ struct CUDABackend {
                 int(lda), opmath_t(beta), C, int(ldc));
   }
 
+  // cuBLAS reads the recurrent weight as it is.
+  template <class scalar_t>
+  static at::Tensor pack_weight(const at::Tensor&, int64_t) {
+    return at::Tensor();
+  }
+
+  template <class scalar_t>
+  static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
+                          const Weight<scalar_t>& w, scalar_t beta, scalar_t* C, int64_t ldc) {
+    gemm(m, c1 - c0, w.K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+  }
+
   template <class scalar_t>
   static void copy(scalar_t* dst, const scalar_t* src, int64_t count) {
     if (count == 0) return;
@@ -81,12 +93,24 @@ struct CUDABackend {
                                    at::cuda::getCurrentCUDAStream()));
   }
 
+  // Columns [col_begin, col_end) of rows x cols, as a [rows, ld] matrix.
+  template <class scalar_t>
+  static void copy_cols(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t col_begin,
+                        int64_t col_end, int64_t ld) {
+    if (rows == 0 || col_end <= col_begin) return;
+    const size_t pitch = sizeof(scalar_t) * ld;
+    C10_CUDA_CHECK(cudaMemcpy2DAsync(dst + col_begin, pitch, src + col_begin, pitch,
+                                     sizeof(scalar_t) * (col_end - col_begin), rows,
+                                     cudaMemcpyDeviceToDevice, at::cuda::getCurrentCUDAStream()));
+  }
+
   template <class F>
-  static void pointwise(const F& f, int64_t rows, int64_t cols) {
-    const int64_t total = rows * cols;
-    if (total == 0) return;
+  static void pointwise(const F& f, int64_t rows, int64_t col_begin, int64_t col_end) {
+    const int64_t cols = col_end - col_begin, total = rows * cols;
+    if (total <= 0) return;
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535);
-    pointwise_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, rows, cols);
+    pointwise_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, rows, col_begin,
+                                                                                  cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -100,12 +124,15 @@ struct CUDABackend {
     return at::mm(dgates, weight);
   }
 
-  // The whole batch in one range: parallelism comes from the kernels.
-  static int64_t max_row_ranges(int64_t) { return 1; }
+  // The whole layer in one part: parallelism comes from the kernels.
+  static std::vector<Part> plan(const Schedule& s, const LayerDims& d) {
+    return {Part{0, s.B, 0, d.H}};
+  }
 
-  template <class Range, class Fn>
-  static void for_each_range(const std::vector<Range>& ranges, const Fn& fn) {
-    for (const Range& range : ranges) fn(range);
+  template <class Fn>
+  static void for_each_part(const std::vector<Part>& parts, const Fn& fn) {
+    auto no_sync = [] {};
+    for (const Part& part : parts) fn(part, no_sync);
   }
 
   template <class Fn>
