@@ -151,6 +151,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
     const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
     bool train, bool cell_states) {
+  if (!c10::GradMode::is_enabled()) {  // nothing to record: skip the autograd Function
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op().call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                             reverse, train, cell_states);
+  }
   auto out = RNNLayerFunction::apply(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                      w_hr, reverse, train, cell_states);
   return {out[0], out[1], out[2], out[3], out[4]};

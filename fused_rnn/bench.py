@@ -37,6 +37,7 @@ class Shape:
     batch_first: bool = False
     sets: tuple = ("default",)
     note: str = ""
+    sweep: str = ""  # the axis ("batch", "hidden", "T") for the sweep shapes
 
     def lengths(self):
         if not self.packed:
@@ -81,6 +82,26 @@ SHAPES = [
     Shape("small_batch_lstm", "LSTM", 200, 4, 256, 256, sets=("default", "large"),
           note="small batch"),
 ]
+
+
+# Sweeps around one LSTM (T=50, B=16, I=H=128): one axis varied at a time. `--shapes sweep`
+# (or sweep_batch, sweep_hidden, sweep_T) runs them; `--plot` draws speedup against each axis.
+SWEEP_BASE = dict(mode="LSTM", T=50, B=16, I=128, H=128)
+SWEEPS = {"batch": ("B", [1, 4, 16, 64, 256]), "hidden": ("H", [16, 64, 128, 256, 512]),
+          "T": ("T", [5, 20, 50, 200, 1000])}
+
+
+def _sweep_shapes():
+    for axis, (field, values) in SWEEPS.items():
+        for value in values:
+            params = {**SWEEP_BASE, field: value}
+            if axis == "hidden":
+                params["I"] = value
+            yield Shape(f"sweep_{axis}_{value}", **params, sets=("sweep", f"sweep_{axis}"),
+                        note=f"LSTM sweep over {axis}", sweep=axis)
+
+
+SHAPES += list(_sweep_shapes())
 
 
 def select(names_or_sets: str | None):
@@ -284,24 +305,49 @@ def format_table(report) -> str:
 
 
 def plot(report, path):
+    """Bars of the speedup per shape, and for each sweep axis in the report a curve of the
+    speedup against it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["name"] for r in report["results"]]
-    fwd = [r["fwd"]["speedup"] for r in report["results"]]
-    fwd_bwd = [r["fwd_bwd"]["speedup"] for r in report["results"]]
-    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], fwd, 0.4, label="forward")
-    ax.bar([x + 0.2 for x in xs], fwd_bwd, 0.4, label="forward+backward")
-    ax.axhline(1.0, color="k", linewidth=0.8)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel("speedup over torch.nn (x)")
-    ax.set_title(f"fused_rnn vs torch.nn, {report['machine']}, {report['date']}")
-    ax.legend()
+    rows = report["results"]
+    shapes = [r for r in rows if not r["shape"].get("sweep")]
+    axes_in = [a for a in SWEEPS if any(r["shape"].get("sweep") == a for r in rows)]
+    panels = (1 if shapes else 0) + len(axes_in)
+    fig, axs = plt.subplots(1, panels, figsize=(max(6, len(shapes) * 0.9) + 4 * len(axes_in), 4),
+                            squeeze=False)
+    axs = list(axs[0])
+    if shapes:
+        ax = axs.pop(0)
+        xs = range(len(shapes))
+        ax.bar([x - 0.2 for x in xs], [r["fwd"]["speedup"] for r in shapes], 0.4, label="forward")
+        ax.bar([x + 0.2 for x in xs], [r["fwd_bwd"]["speedup"] for r in shapes], 0.4,
+               label="forward+backward")
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["name"] for r in shapes], rotation=30, ha="right")
+        ax.set_ylabel("speedup over torch.nn (x)")
+        ax.set_title("benchmark shapes")
+        ax.legend()
+    base = ", ".join(f"{k}={v}" for k, v in SWEEP_BASE.items() if k != "mode")
+    for ax, axis in zip(axs, axes_in):
+        field = SWEEPS[axis][0]
+        sweep = sorted((r for r in rows if r["shape"].get("sweep") == axis),
+                       key=lambda r: r["shape"][field])
+        values = [r["shape"][field] for r in sweep]
+        ax.plot(values, [r["fwd"]["speedup"] for r in sweep], "o-", label="forward")
+        ax.plot(values, [r["fwd_bwd"]["speedup"] for r in sweep], "s-", label="forward+backward")
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(values)
+        ax.set_xticklabels([str(v) for v in values])
+        ax.set_xlabel(f"{axis} ({field}; I=H for hidden)" if axis == "hidden" else f"{axis} ({field})")
+        ax.set_ylabel("speedup over torch.nn (x)")
+        ax.set_title(f"LSTM {base}, {axis} varied")
+        ax.legend()
+    fig.suptitle(f"fused_rnn vs torch.nn, {report['machine']}, {report['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

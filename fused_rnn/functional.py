@@ -52,7 +52,10 @@ def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout != 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    result = (layer_input, torch.stack(h_n, 0), torch.stack(c_n, 0) if lstm else None)
+    def stack(states):  # one layer-direction: a view, not a copy (a few us on small models)
+        return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states, 0)
+
+    result = (layer_input, stack(h_n), stack(c_n) if lstm else None)
     if cell_states:
         last_cells = cells[-directions:]
         result += (last_cells[0] if directions == 1 else torch.cat(last_cells, -1),)

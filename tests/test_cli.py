@@ -43,3 +43,18 @@ def test_shape_sets_are_one_definition():
     assert packed and all(s.packed for s in packed)
     imdb = next(s for s in bench.SHAPES if s.name == "imdb_lstm_packed")
     assert imdb.T == 500 and imdb.B == 32 and min(imdb.lengths()) >= 50
+
+
+def test_sweep_shapes_and_plot(tmp_path):
+    """The sweeps are shape sets of the same definition; the plot draws one panel per axis."""
+    for axis, (field, values) in bench.SWEEPS.items():
+        shapes = bench.select(f"sweep_{axis}")
+        assert sorted(getattr(s, field) for s in shapes) == sorted(values)
+        assert all(s.sweep == axis for s in shapes)
+    assert not any(s.sweep for s in bench.select("default"))
+    out = run("bench", "--shapes", "char_rnn,sweep_batch_1,sweep_batch_4", "--repeats", "1",
+              "--no-check", "--plot", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert {r["shape"]["sweep"] for r in report["results"]} == {"", "batch"}
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
