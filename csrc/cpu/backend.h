@@ -304,6 +304,7 @@ struct CPUBackend {
   // gate-gradient elements (the seed models) the operands stay in cache and small_gemm beats
   // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
+  static constexpr int64_t kParallelWork = 64 * 1024;
 
   // dW [G, K] = dgates^T [G, N] inputs [N, K]; dgates may be a column block of a wider matrix.
   template <class scalar_t>
@@ -312,11 +313,15 @@ struct CPUBackend {
     if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || inputs.stride(1) != 1) {
       return at::mm(dgates.t(), inputs);
     }
-    // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G.
+    // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G; rows of dW^T
+    // shared out across threads once each has kParallelWork multiply-adds.
     at::Tensor grad_t = at::empty({K, G}, dgates.options());
-    small_gemm<scalar_t>(K, G, N, inputs.const_data_ptr<scalar_t>(), 1, inputs.stride(0),
-                         dgates.const_data_ptr<scalar_t>(), dgates.stride(0), scalar_t(0),
-                         grad_t.data_ptr<scalar_t>(), G);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t ldx = inputs.stride(0);
+    at::parallel_for(0, K, std::max<int64_t>(1, kParallelWork / (N * G)), [&](int64_t k0, int64_t k1) {
+      small_gemm<scalar_t>(k1 - k0, G, N, x + k0, 1, ldx, dgates.const_data_ptr<scalar_t>(),
+                           dgates.stride(0), scalar_t(0), grad_t.data_ptr<scalar_t>() + k0 * G, G);
+    });
     return grad_t.t().contiguous();
   }
 
@@ -328,7 +333,7 @@ struct CPUBackend {
     const at::Tensor w = weight.contiguous();
     const int64_t ld = dgates.stride(0);
     at::Tensor grad = at::empty({N, K}, dgates.options());
-    at::parallel_for(0, N, 2048, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, std::max<int64_t>(1, kParallelWork / (G * K)), [&](int64_t begin, int64_t end) {
       small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,
                            1, w.const_data_ptr<scalar_t>(), K, scalar_t(0),
                            grad.data_ptr<scalar_t>() + begin * K, K);
