@@ -100,6 +100,9 @@ def test_empty_batch(mode):
     for a, b in zip(out_ref[1] if mode == "LSTM" else [out_ref[1]],
                     out_fused[1] if mode == "LSTM" else [out_fused[1]]):
         assert a.shape == b.shape
+    # and through backward (no rows: zero weight gradients, no division by the row count)
+    x.requires_grad_()
+    assert_same_run(ref, fused, lambda m: m(x), [x])
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -318,7 +318,7 @@ struct CPUBackend {
     at::Tensor grad_t = at::empty({K, G}, dgates.options());
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const int64_t ldx = inputs.stride(0);
-    at::parallel_for(0, K, std::max<int64_t>(1, kParallelWork / (N * G)), [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, K, std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, N * G)), [&](int64_t k0, int64_t k1) {
       small_gemm<scalar_t>(k1 - k0, G, N, x + k0, 1, ldx, dgates.const_data_ptr<scalar_t>(),
                            dgates.stride(0), scalar_t(0), grad_t.data_ptr<scalar_t>() + k0 * G, G);
     });
@@ -333,7 +333,7 @@ struct CPUBackend {
     const at::Tensor w = weight.contiguous();
     const int64_t ld = dgates.stride(0);
     at::Tensor grad = at::empty({N, K}, dgates.options());
-    at::parallel_for(0, N, std::max<int64_t>(1, kParallelWork / (G * K)), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K)), [&](int64_t begin, int64_t end) {
       small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,
                            1, w.const_data_ptr<scalar_t>(), K, scalar_t(0),
                            grad.data_ptr<scalar_t>() + begin * K, K);
