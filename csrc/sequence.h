@@ -220,6 +220,8 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part par
                    scalar_t* dr_all) {
   const int64_t H = d.H, P = d.P, G = d.G, S = d.saved_cols();
   const int64_t u0 = part.u_begin, u1 = part.u_end;
+  // The columns of dh_{t-1} this part computes: its units, or all P (projected: P != H).
+  const int64_t dh_begin = part.units_split ? u0 : 0, dh_end = part.units_split ? u1 : P;
   scalar_t* dh_state = dh_state_all + part.begin * P;
   scalar_t* dc_state = dc_state_all ? dc_state_all + part.begin * H : nullptr;
   scalar_t* dr = dr_all ? dr_all + part.begin * H : nullptr;
@@ -266,12 +268,8 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part par
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
-    if (part.units_split) {
-      sync();
-      Backend::gemm_weight(n, u0, u1, dg, S, w_hh, beta, dh_state, P);
-    } else {
-      Backend::gemm_weight(n, 0, P, dg, S, w_hh, beta, dh_state, P);
-    }
+    if (part.units_split) sync();
+    Backend::gemm_weight(n, dh_begin, dh_end, dg, S, w_hh, beta, dh_state, P);
   }
 }
 

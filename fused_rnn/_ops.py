@@ -33,10 +33,6 @@ if _build_info.CPU_AVX2 and not _cpu_has_avx2():
 
 from . import _C  # noqa: F401,E402  (loading the library registers torch.ops.fused_rnn.*)
 
-# The overload itself: calling the packet resolves the overload on every call (~10 us, a third
-# of a small layer's forward).
-_rnn_forward = torch.ops.fused_rnn.rnn_forward.default
-
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 # Values per hidden unit that forward saves for backward (csrc/cells.h: saved_of).
 _SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -129,6 +125,6 @@ def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad
             for t in (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
-    output, hy, cy, cells, _ = _rnn_forward(
+    output, hy, cy, cells, _ = torch.ops.fused_rnn.rnn_forward(
         mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train, cell_states)
     return output, hy, cy, cells

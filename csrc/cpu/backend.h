@@ -318,7 +318,8 @@ struct CPUBackend {
     at::Tensor grad_t = at::empty({K, G}, dgates.options());
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const int64_t ldx = inputs.stride(0);
-    at::parallel_for(0, K, std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, N * G)), [&](int64_t k0, int64_t k1) {
+    const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, N * G));
+    at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
       small_gemm<scalar_t>(k1 - k0, G, N, x + k0, 1, ldx, dgates.const_data_ptr<scalar_t>(),
                            dgates.stride(0), scalar_t(0), grad_t.data_ptr<scalar_t>() + k0 * G, G);
     });
@@ -333,7 +334,8 @@ struct CPUBackend {
     const at::Tensor w = weight.contiguous();
     const int64_t ld = dgates.stride(0);
     at::Tensor grad = at::empty({N, K}, dgates.options());
-    at::parallel_for(0, N, std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K)), [&](int64_t begin, int64_t end) {
+    const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
       small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,
                            1, w.const_data_ptr<scalar_t>(), K, scalar_t(0),
                            grad.data_ptr<scalar_t>() + begin * K, K);
@@ -380,8 +382,9 @@ struct CPUBackend {
   }
 
   // Unit parts pay one barrier per step to read 1/threads of W_hh each, where row parts each
-  // stream all of it every step: worth it once W_hh outgrows a core's L2 (512 KB here) and
-  // every thread keeps at least kMinUnitsPerPart units; not for projected LSTMs.
+  // stream all of it every step: worth it once W_hh outgrows a core's L2 (512 KB here; the
+  // threshold counts W_hh in fp32 whatever the dtype) and every thread keeps at least
+  // kMinUnitsPerPart units; not for projected LSTMs.
   static constexpr int64_t kUnitSplitWeightBytes = 256 * 1024;
   static constexpr int64_t kMinUnitsPerPart = 32;
 
