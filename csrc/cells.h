@@ -43,10 +43,12 @@ struct Math;
 
 template <class T>
 struct ScalarMath {
+  // `ld`: the row stride of the array, for compute types that hold several rows (the CPU's
+  // row pairs for hidden sizes up to half a lane); here, one element of one row.
   template <class S>
-  static FR_HD T load(const S* p) { return static_cast<T>(*p); }
+  static FR_HD T load(const S* p, int64_t /*ld*/) { return static_cast<T>(*p); }
   template <class S>
-  static FR_HD void store(S* p, T v) { *p = static_cast<S>(v); }
+  static FR_HD void store(S* p, int64_t /*ld*/, T v) { *p = static_cast<S>(v); }
   static FR_HD T splat(T v) { return v; }
   static FR_HD T exp(T x);
   static FR_HD T tanh(T x);
@@ -90,23 +92,24 @@ struct LSTMForward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const int64_t g0 = b * 4 * H + j;
-    const V i = M::sigmoid(M::load(xg + g0) + M::load(hg + g0));
-    const V f = M::sigmoid(M::load(xg + g0 + H) + M::load(hg + g0 + H));
-    const V g = M::tanh(M::load(xg + g0 + 2 * H) + M::load(hg + g0 + 2 * H));
-    const V o = M::sigmoid(M::load(xg + g0 + 3 * H) + M::load(hg + g0 + 3 * H));
-    const V cp = M::load(c_state + b * H + j);
+    const int64_t G = 4 * H;
+    const V i = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
+    const V f = M::sigmoid(M::load(xg + g0 + H, G) + M::load(hg + g0 + H, G));
+    const V g = M::tanh(M::load(xg + g0 + 2 * H, G) + M::load(hg + g0 + 2 * H, G));
+    const V o = M::sigmoid(M::load(xg + g0 + 3 * H, G) + M::load(hg + g0 + 3 * H, G));
+    const V cp = M::load(c_state + b * H + j, H);
     const V c = f * cp + i * g;
     const V h = o * M::tanh(c);
-    M::store(c_state + b * H + j, c);
-    if (c_all) M::store(c_all + b * H + j, c);
-    M::store(h_out + b * ld_h + j, h);
-    if (h_state) M::store(h_state + b * H + j, h);
+    M::store(c_state + b * H + j, H, c);
+    if (c_all) M::store(c_all + b * H + j, H, c);
+    M::store(h_out + b * ld_h + j, ld_h, h);
+    if (h_state) M::store(h_state + b * H + j, H, h);
     if (Train) {
-      M::store(gates + g0, i);
-      M::store(gates + g0 + H, f);
-      M::store(gates + g0 + 2 * H, g);
-      M::store(gates + g0 + 3 * H, o);
-      M::store(c_prev + b * H + j, cp);
+      M::store(gates + g0, G, i);
+      M::store(gates + g0 + H, G, f);
+      M::store(gates + g0 + 2 * H, G, g);
+      M::store(gates + g0 + 3 * H, G, o);
+      M::store(c_prev + b * H + j, H, cp);
     }
   }
 };
@@ -126,21 +129,22 @@ struct GRUForward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const int64_t g0 = b * 3 * H + j;
-    V hn = M::load(hg + g0 + 2 * H);
-    if (b_hn) hn = hn + M::load(b_hn + j);
-    const V r = M::sigmoid(M::load(xg + g0) + M::load(hg + g0));
-    const V z = M::sigmoid(M::load(xg + g0 + H) + M::load(hg + g0 + H));
-    const V n = M::tanh(M::load(xg + g0 + 2 * H) + r * hn);
-    const V hp = M::load(h_state + b * H + j);
+    const int64_t G = 3 * H;
+    V hn = M::load(hg + g0 + 2 * H, G);
+    if (b_hn) hn = hn + M::load(b_hn + j, 0);  // the same for every row
+    const V r = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
+    const V z = M::sigmoid(M::load(xg + g0 + H, G) + M::load(hg + g0 + H, G));
+    const V n = M::tanh(M::load(xg + g0 + 2 * H, G) + r * hn);
+    const V hp = M::load(h_state + b * H + j, H);
     const V h = n + z * (hp - n);  // (1 - z) * n + z * h_{t-1}
-    M::store(h_state + b * H + j, h);
-    M::store(h_out + b * H + j, h);
+    M::store(h_state + b * H + j, H, h);
+    M::store(h_out + b * H + j, H, h);
     if (Train) {
       const int64_t s0 = b * 4 * H + j;
-      M::store(gates + s0, r);
-      M::store(gates + s0 + H, z);
-      M::store(gates + s0 + 2 * H, n);
-      M::store(gates + s0 + 3 * H, hn);
+      M::store(gates + s0, 4 * H, r);
+      M::store(gates + s0 + H, 4 * H, z);
+      M::store(gates + s0 + 2 * H, 4 * H, n);
+      M::store(gates + s0 + 3 * H, 4 * H, hn);
     }
   }
 };
@@ -158,11 +162,11 @@ struct RNNForward {
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
-    const V pre = M::load(xg + b * H + j) + M::load(hg + b * H + j);
+    const V pre = M::load(xg + b * H + j, H) + M::load(hg + b * H + j, H);
     const V h = Relu ? M::relu(pre) : M::tanh(pre);
-    M::store(h_state + b * H + j, h);
-    M::store(h_out + b * H + j, h);
-    if (Train) M::store(gates + b * H + j, h);
+    M::store(h_state + b * H + j, H, h);
+    M::store(h_out + b * H + j, H, h);
+    if (Train) M::store(gates + b * H + j, H, h);
   }
 };
 
@@ -189,19 +193,20 @@ struct LSTMBackward {
     using M = Math<V>;
     const V one = M::splat(1);
     const int64_t g0 = b * 4 * H + j;
-    const V i = M::load(gates + g0), f = M::load(gates + g0 + H);
-    const V g = M::load(gates + g0 + 2 * H), o = M::load(gates + g0 + 3 * H);
-    const V cp = M::load(c_prev + b * H + j);
-    V dht = M::load(dh + b * ld_dh + j);
-    if (dout) dht = dht + M::load(dout + b * ld_dh + j);
+    const int64_t G = 4 * H;
+    const V i = M::load(gates + g0, G), f = M::load(gates + g0 + H, G);
+    const V g = M::load(gates + g0 + 2 * H, G), o = M::load(gates + g0 + 3 * H, G);
+    const V cp = M::load(c_prev + b * H + j, H);
+    V dht = M::load(dh + b * ld_dh + j, ld_dh);
+    if (dout) dht = dht + M::load(dout + b * ld_dh + j, ld_dh);
     const V tc = M::tanh(f * cp + i * g);
-    V dc = M::load(dc_state + b * H + j) + dht * o * (one - tc * tc);
-    if (dc_all) dc = dc + M::load(dc_all + b * H + j);
-    M::store(dgates + g0, dc * g * i * (one - i));
-    M::store(dgates + g0 + H, dc * cp * f * (one - f));
-    M::store(dgates + g0 + 2 * H, dc * i * (one - g * g));
-    M::store(dgates + g0 + 3 * H, dht * tc * o * (one - o));
-    M::store(dc_state + b * H + j, dc * f);
+    V dc = M::load(dc_state + b * H + j, H) + dht * o * (one - tc * tc);
+    if (dc_all) dc = dc + M::load(dc_all + b * H + j, H);
+    M::store(dgates + g0, G, dc * g * i * (one - i));
+    M::store(dgates + g0 + H, G, dc * cp * f * (one - f));
+    M::store(dgates + g0 + 2 * H, G, dc * i * (one - g * g));
+    M::store(dgates + g0 + 3 * H, G, dht * tc * o * (one - o));
+    M::store(dc_state + b * H + j, H, dc * f);
   }
 };
 
@@ -224,19 +229,20 @@ struct GRUBackward {
     using M = Math<V>;
     const V one = M::splat(1);
     const int64_t s0 = b * 4 * H + j;
-    const V r = M::load(gates + s0), z = M::load(gates + s0 + H);
-    const V n = M::load(gates + s0 + 2 * H), hn = M::load(gates + s0 + 3 * H);
-    const V hp = M::load(h_prev + b * H + j);
-    V dht = M::load(dh_state + b * H + j);
-    if (dout) dht = dht + M::load(dout + b * H + j);
+    const int64_t S = 4 * H;
+    const V r = M::load(gates + s0, S), z = M::load(gates + s0 + H, S);
+    const V n = M::load(gates + s0 + 2 * H, S), hn = M::load(gates + s0 + 3 * H, S);
+    const V hp = M::load(h_prev + b * H + j, H);
+    V dht = M::load(dh_state + b * H + j, H);
+    if (dout) dht = dht + M::load(dout + b * H + j, H);
     const V dn = dht * (one - z) * (one - n * n);
     const V dz = dht * (hp - n) * z * (one - z);
     const V dr = dn * hn * r * (one - r);
-    M::store(dgates + s0, dn * r);
-    M::store(dgates + s0 + H, dr);
-    M::store(dgates + s0 + 2 * H, dz);
-    M::store(dgates + s0 + 3 * H, dn);
-    M::store(dh_state + b * H + j, dht * z);
+    M::store(dgates + s0, S, dn * r);
+    M::store(dgates + s0 + H, S, dr);
+    M::store(dgates + s0 + 2 * H, S, dz);
+    M::store(dgates + s0 + 3 * H, S, dn);
+    M::store(dh_state + b * H + j, H, dht * z);
   }
 };
 
@@ -252,11 +258,11 @@ struct RNNBackward {
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
-    const V h = M::load(gates + b * H + j);
-    V dht = M::load(dh + b * H + j);
-    if (dout) dht = dht + M::load(dout + b * H + j);
+    const V h = M::load(gates + b * H + j, H);
+    V dht = M::load(dh + b * H + j, H);
+    if (dout) dht = dht + M::load(dout + b * H + j, H);
     const V dpre = Relu ? M::relu_backward(dht, h) : dht * (M::splat(1) - h * h);
-    M::store(dgates + b * H + j, dpre);
+    M::store(dgates + b * H + j, H, dpre);
   }
 };
 
@@ -272,7 +278,7 @@ struct AddInto {
   template <class V>
   FR_HD void apply(int64_t row, int64_t j) const {
     using M = Math<V>;
-    M::store(dst + row * ld + j, M::load(a + row * ld + j) + M::load(b + row * ld + j));
+    M::store(dst + row * ld + j, ld, M::load(a + row * ld + j, ld) + M::load(b + row * ld + j, ld));
   }
 };
 

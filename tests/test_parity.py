@@ -211,3 +211,28 @@ def test_units_shared_across_threads(mode, kind):
             assert_same_run(ref, fused, call, [x])
     finally:
         torch.set_num_threads(threads)
+
+
+# Hidden sizes whose last lane (8 floats / 4 doubles on AVX2) is at most half full: the CPU runs
+# those columns two rows per lane (csrc/cpu/backend.h: PairVec), with the odd row alone.
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("hidden", [1, 3, 4, 12, 18])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_small_hidden_row_pairs(mode, hidden, dtype):
+    """Odd and even active row counts per step (packed, unsorted, both directions), h0/c0 given,
+    against torch.nn: outputs, states and every gradient."""
+    ref, fused = make_pair(mode, 3, hidden, bidirectional=True, dtype=dtype)
+    lengths = [4, 9, 1, 6, 9, 3, 2]
+    x = torch.randn(9, len(lengths), 3, dtype=dtype, requires_grad=True)
+    hs = [torch.randn(s, dtype=dtype, requires_grad=True)
+          for s in _state_shapes_for(mode, 2, len(lengths), hidden)]
+    hx = tuple(hs) if mode == "LSTM" else hs[0]
+
+    def call(m):
+        return m(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+
+    assert_same_run(ref, fused, call, [x, *hs], dtype)
+
+
+def _state_shapes_for(mode, dirs, batch, hidden):
+    return [(dirs, batch, hidden)] * (2 if mode == "LSTM" else 1)

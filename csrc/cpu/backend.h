@@ -40,24 +40,27 @@ namespace fused_rnn {
 // build (setup.py) a lane is 8 floats / 4 doubles. exp is at::vec's inlined exp_u20 (within 2
 // ulp in fp32; SLEEF's 1-ulp exp in fp64); tanh(x) = 2 sigmoid(2x) - 1 costs one exp, a third
 // of a SLEEF tanh call, and its absolute error stays at the level of the exp's.
+// Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
+// through memory on every call, a third of the tiny models' forward time.
+#define FR_VEC_INLINE __attribute__((always_inline)) static inline
 template <class T, class V>
 struct VecMath {
-  static V splat(T v) { return V(v); }
+  FR_VEC_INLINE V splat(T v) { return V(v); }
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
-  static V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
-  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x)); }
-  static V tanh(V x) { return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1)); }
+  FR_VEC_INLINE V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
+  FR_VEC_INLINE V sigmoid(V x) { return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x)); }
+  FR_VEC_INLINE V tanh(V x) { return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1)); }
   // NaN compares false, so it passes through both, as in torch.relu / threshold_backward.
-  static V relu(V x) { return V::blendv(x, V(T(0)), x < V(T(0))); }
-  static V relu_backward(V g, V result) { return V::blendv(g, V(T(0)), result <= V(T(0))); }
+  FR_VEC_INLINE V relu(V x) { return V::blendv(x, V(T(0)), x < V(T(0))); }
+  FR_VEC_INLINE V relu_backward(V g, V result) { return V::blendv(g, V(T(0)), result <= V(T(0))); }
 };
 
 template <class T>
 struct Math<at::vec::Vectorized<T>> : VecMath<T, at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
-  static V load(const T* p) { return V::loadu(p); }
-  static void store(T* p, V v) { v.store(p); }
+  static V load(const T* p, int64_t /*ld*/) { return V::loadu(p); }
+  static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
 };
 
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
@@ -106,9 +109,72 @@ struct TailVec : at::vec::Vectorized<T> {
 template <class T, int Count>
 struct Math<TailVec<T, Count>> : VecMath<T, TailVec<T, Count>> {
   using V = TailVec<T, Count>;
-  static V load(const T* p) { return V::load(p); }
-  static void store(T* p, V v) { v.store(p); }
+  static V load(const T* p, int64_t /*ld*/) { return V::load(p); }
+  static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
 };
+
+#if defined(CPU_CAPABILITY_AVX2)
+// Two rows in one lane, for hidden sizes up to half a lane (the seed models' 3-4 unit layers:
+// one row would leave half of every lane idle): the first Count elements of row b in the low
+// 128 bits, those of row b + 1 (`ld` elements further) in the high 128 bits.
+template <class T, int Count>
+struct PairVec : at::vec::Vectorized<T> {
+  using Base = at::vec::Vectorized<T>;
+  static constexpr int kHalf = Base::size() / 2;
+  static_assert(Count >= 1 && Count <= kHalf, "PairVec holds up to half a lane per row");
+  PairVec() = default;
+  PairVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
+  explicit PairVec(T v) : Base(v) {}
+
+  static PairVec load(const T* p, int64_t ld) {
+    if constexpr (std::is_same_v<T, float>) {
+      return Base(_mm256_insertf128_ps(_mm256_castps128_ps256(half_load(p)), half_load(p + ld), 1));
+    } else {
+      return Base(_mm256_insertf128_pd(_mm256_castpd128_pd256(half_load(p)), half_load(p + ld), 1));
+    }
+  }
+  void store(T* p, int64_t ld) const {
+    if constexpr (std::is_same_v<T, float>) {
+      half_store(p, _mm256_castps256_ps128(*this));
+      half_store(p + ld, _mm256_extractf128_ps(*this, 1));
+    } else {
+      half_store(p, _mm256_castpd256_pd128(*this));
+      half_store(p + ld, _mm256_extractf128_pd(*this, 1));
+    }
+  }
+
+ private:
+  static __m128i mask() {  // the first Count elements of a half
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm_cmpgt_epi32(_mm_set1_epi32(Count), _mm_setr_epi32(0, 1, 2, 3));
+    } else {
+      return _mm_cmpgt_epi64(_mm_set1_epi64x(Count), _mm_set_epi64x(1, 0));
+    }
+  }
+  static auto half_load(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+      return Count == kHalf ? _mm_loadu_ps(p) : _mm_maskload_ps(p, mask());
+    } else {
+      return Count == kHalf ? _mm_loadu_pd(p) : _mm_maskload_pd(p, mask());
+    }
+  }
+  template <class H>
+  static void half_store(T* p, H v) {
+    if constexpr (std::is_same_v<T, float>) {
+      Count == kHalf ? _mm_storeu_ps(p, v) : _mm_maskstore_ps(p, mask(), v);
+    } else {
+      Count == kHalf ? _mm_storeu_pd(p, v) : _mm_maskstore_pd(p, mask(), v);
+    }
+  }
+};
+
+template <class T, int Count>
+struct Math<PairVec<T, Count>> : VecMath<T, PairVec<T, Count>> {
+  using V = PairVec<T, Count>;
+  static V load(const T* p, int64_t ld) { return V::load(p, ld); }
+  static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
+};
+#endif
 
 // Column-major BLAS gemm; false where this torch has no BLAS to call.
 inline bool blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
@@ -124,6 +190,43 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
+// The first `count` elements of a lane, with a mask computed once per use: at::vec's
+// loadu(p, count) goes through a stack buffer, which the small GEMMs' last columns (GRU's 3H
+// with H = 4, say) paid on every multiply-add.
+template <class T>
+struct LaneMask {
+  using Vec = at::vec::Vectorized<T>;
+#if defined(CPU_CAPABILITY_AVX2)
+  __m256i mask;
+  explicit LaneMask(int64_t count) {
+    if constexpr (std::is_same_v<T, float>) {
+      mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    } else {
+      mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+    }
+  }
+  Vec load(const T* p) const {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm256_maskload_ps(p, mask);
+    } else {
+      return _mm256_maskload_pd(p, mask);
+    }
+  }
+  void store(T* p, Vec v) const {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_maskstore_ps(p, mask, v);
+    } else {
+      _mm256_maskstore_pd(p, mask, v);
+    }
+  }
+#else
+  int64_t count;
+  explicit LaneMask(int64_t c) : count(c) {}
+  Vec load(const T* p) const { return Vec::loadu(p, count); }
+  void store(T* p, Vec v) const { v.store(p, count); }
+#endif
+};
+
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small products of the seed models
 // (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic: R rows
 // x 2 lanes of accumulators, B's rows streamed from cache, a masked lane for the last columns.
@@ -134,15 +237,15 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
                int64_t ldb, T beta, T* C, int64_t ldc) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  auto init = [&](int r, int64_t j, int64_t count) {
-    return beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j, count) * Vec(beta);
+  auto init = [&](int r, int64_t j) {
+    return beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j) * Vec(beta);
   };
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
     Vec acc[R][2];
     for (int r = 0; r < R; ++r) {
-      acc[r][0] = init(r, j, W);
-      acc[r][1] = init(r, j + W, W);
+      acc[r][0] = init(r, j);
+      acc[r][1] = init(r, j + W);
     }
     for (int64_t p = 0; p < k; ++p) {
       const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
@@ -158,14 +261,16 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     }
   }
   for (; j < n; j += W) {  // one lane, full or masked
-    const int64_t count = std::min<int64_t>(W, n - j);
+    const LaneMask<T> lane(std::min<int64_t>(W, n - j));
     Vec acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = init(r, j, count);
+    for (int r = 0; r < R; ++r) {
+      acc[r] = beta == T(0) ? Vec(T(0)) : lane.load(C + r * ldc + j) * Vec(beta);
+    }
     for (int64_t p = 0; p < k; ++p) {
-      const Vec b0 = Vec::loadu(B + p * ldb + j, count);
+      const Vec b0 = lane.load(B + p * ldb + j);
       for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
     }
-    for (int r = 0; r < R; ++r) acc[r].store(C + r * ldc + j, count);
+    for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r]);
   }
 }
 
@@ -428,13 +533,21 @@ struct CPUBackend {
     }
   }
 
-  // Runs the partial lane of rows [begin, end) with the TailVec<T, tail> instantiation.
+  // Runs the partial lane of rows [begin, end) with the TailVec<T, tail> instantiation, two
+  // rows per lane (PairVec) where the tail fits in half a lane.
   template <class F, int... Counts>
   static void apply_tail(const F& f, int64_t begin, int64_t end, int64_t j, int tail,
                          std::integer_sequence<int, Counts...>) {
     using T = typename F::scalar_type;
     auto run = [&](auto count) {
-      for (int64_t b = begin; b < end; ++b) f.template apply<TailVec<T, decltype(count)::value>>(b, j);
+      constexpr int C = decltype(count)::value;
+      int64_t b = begin;
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
+        for (; b + 2 <= end; b += 2) f.template apply<PairVec<T, C>>(b, j);
+      }
+#endif
+      for (; b < end; ++b) f.template apply<TailVec<T, C>>(b, j);
     };
     ((tail == Counts ? (run(std::integral_constant<int, Counts>{}), 0) : 0), ...);
   }
