@@ -9,8 +9,9 @@
 //   pointwise(functor, rows, col_begin, col_end)                   functor.apply over that block
 //   plan(schedule, dims) -> std::vector<Part>                      how to share out a layer
 //   for_each_part(parts, fn)                                       fn(part, sync) for each part
-// Everything outside the loop (the input projection, the weight gradients) is a handful of large
-// ATen calls, which already run on either device.
+//   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
+//   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w)   after the loop
+// Everything else outside the loop is a handful of ATen calls, which run on either device.
 //
 // Variable lengths: rows are sorted by length, longest first (a PackedSequence's order), and
 // step t works on the first batch_sizes[t] rows only, so the cost follows the token count.
@@ -331,11 +332,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const bool in_place = a.train && d.saved_cols() == d.G;
   at::Tensor xproj = in_place ? workspace.narrow(0, 0, s.N * d.G).view({s.N, d.G})
                               : at::empty({s.N, d.G}, opts);
-  if (bias.defined()) {
-    at::addmm_out(xproj, bias, x2d, a.w_ih.t());
-  } else {
-    at::mm_out(xproj, x2d, a.w_ih.t());
-  }
+  Backend::template project_input<scalar_t>(x2d, a.w_ih, bias, xproj);
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 

@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -63,6 +64,41 @@ struct Math<at::vec::Vectorized<T>> : VecMath<T, at::vec::Vectorized<T>> {
   static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
 };
 
+#if defined(CPU_CAPABILITY_AVX2)
+// Stores the first `count` elements of a 128-bit half: whole, 64-bit and 32-bit moves. AVX2's
+// masked stores (vmaskmovps/pd) are microcoded on AMD Zen (one per ~12 cycles here), and the
+// small models store a partial lane per row per step: they took a third of a step.
+inline void store_partial(float* p, __m128 v, int count) {
+  if (count >= 4) return _mm_storeu_ps(p, v);
+  if (count >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), v);
+    p += 2;
+    count -= 2;
+    v = _mm_movehl_ps(v, v);
+  }
+  if (count == 1) _mm_store_ss(p, v);
+}
+inline void store_partial(double* p, __m128d v, int count) {
+  if (count >= 2) return _mm_storeu_pd(p, v);
+  if (count == 1) _mm_store_sd(p, v);
+}
+// The first `count` (< 8 floats / 4 doubles) elements of a lane.
+inline void store_partial(float* p, __m256 v, int count) {
+  if (count >= 4) {
+    _mm_storeu_ps(p, _mm256_castps256_ps128(v));
+    return store_partial(p + 4, _mm256_extractf128_ps(v, 1), count - 4);
+  }
+  store_partial(p, _mm256_castps256_ps128(v), count);
+}
+inline void store_partial(double* p, __m256d v, int count) {
+  if (count >= 2) {
+    _mm_storeu_pd(p, _mm256_castpd256_pd128(v));
+    return store_partial(p + 2, _mm256_extractf128_pd(v, 1), count - 2);
+  }
+  store_partial(p, _mm256_castpd256_pd128(v), count);
+}
+#endif
+
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
 // the seed models' 3-4 unit layers): loads and stores the first Count elements with masked
 // AVX2 moves, the rest of the lane computes on zeros. Count is a template parameter so the
@@ -86,10 +122,8 @@ struct TailVec : at::vec::Vectorized<T> {
   }
   void store(T* p) const {
 #if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float>) {
-      return _mm256_maskstore_ps(p, mask_ps(), *this);
-    } else if constexpr (std::is_same_v<T, double>) {
-      return _mm256_maskstore_pd(p, mask_pd(), *this);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      return store_partial(p, *this, Count);
     }
 #endif
     Base::store(p, Count);
@@ -160,11 +194,7 @@ struct PairVec : at::vec::Vectorized<T> {
   }
   template <class H>
   static void half_store(T* p, H v) {
-    if constexpr (std::is_same_v<T, float>) {
-      Count == kHalf ? _mm_storeu_ps(p, v) : _mm_maskstore_ps(p, mask(), v);
-    } else {
-      Count == kHalf ? _mm_storeu_pd(p, v) : _mm_maskstore_pd(p, mask(), v);
-    }
+    store_partial(p, v, Count);
   }
 };
 
@@ -198,9 +228,10 @@ struct LaneMask {
   using Vec = at::vec::Vectorized<T>;
 #if defined(CPU_CAPABILITY_AVX2)
   __m256i mask;
-  explicit LaneMask(int64_t count) {
+  int count;
+  explicit LaneMask(int64_t c) : count(int(c)) {
     if constexpr (std::is_same_v<T, float>) {
-      mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     } else {
       mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
     }
@@ -214,9 +245,9 @@ struct LaneMask {
   }
   void store(T* p, Vec v) const {
     if constexpr (std::is_same_v<T, float>) {
-      _mm256_maskstore_ps(p, mask, v);
+      store_partial(p, __m256(v), count);
     } else {
-      _mm256_maskstore_pd(p, mask, v);
+      store_partial(p, __m256d(v), count);
     }
   }
 #else
@@ -232,13 +263,15 @@ struct LaneMask {
 // x 2 lanes of accumulators, B's rows streamed from cache, a masked lane for the last columns.
 // A is read through two strides (element (r, p) at A[r * a_rs + p * a_cs]), so A^T B needs no
 // transposed copy.
+// With beta == 0, `bias` (if not null) is added to every row: C = A B + bias.
 template <int R, class T>
 void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-               int64_t ldb, T beta, T* C, int64_t ldc) {
+               int64_t ldb, T beta, T* C, int64_t ldc, const T* bias) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
   auto init = [&](int r, int64_t j) {
-    return beta == T(0) ? Vec(T(0)) : Vec::loadu(C + r * ldc + j) * Vec(beta);
+    if (beta != T(0)) return Vec::loadu(C + r * ldc + j) * Vec(beta);
+    return bias ? Vec::loadu(bias + j) : Vec(T(0));
   };
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
@@ -261,35 +294,47 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     }
   }
   for (; j < n; j += W) {  // one lane, full or masked
+    // Two accumulators per row (even and odd p): with one lane there are only R chains of
+    // dependent multiply-adds, too few to hide the FMA latency (the seed models' n = H <= 8).
     const LaneMask<T> lane(std::min<int64_t>(W, n - j));
-    Vec acc[R];
+    Vec acc[R], acc2[R];
     for (int r = 0; r < R; ++r) {
-      acc[r] = beta == T(0) ? Vec(T(0)) : lane.load(C + r * ldc + j) * Vec(beta);
+      acc[r] = beta != T(0) ? lane.load(C + r * ldc + j) * Vec(beta)
+                            : bias ? lane.load(bias + j) : Vec(T(0));
+      acc2[r] = Vec(T(0));
     }
-    for (int64_t p = 0; p < k; ++p) {
+    int64_t p = 0;
+    for (; p + 2 <= k; p += 2) {
+      const Vec b0 = lane.load(B + p * ldb + j), b1 = lane.load(B + (p + 1) * ldb + j);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
+        acc2[r] = at::vec::fmadd(Vec(A[r * a_rs + (p + 1) * a_cs]), b1, acc2[r]);
+      }
+    }
+    if (p < k) {
       const Vec b0 = lane.load(B + p * ldb + j);
       for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
     }
-    for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r]);
+    for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r] + acc2[r]);
   }
 }
 
 // Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
 template <class T>
 void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
-                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr) {
   int64_t i = 0;
   for (; i + 6 <= m; i += 6) {
-    gemm_rows<6>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc);
+    gemm_rows<6>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc, bias);
   }
   const T* a = A + i * a_rs;
   T* c = C + i * ldc;
   switch (m - i) {
-    case 5: return gemm_rows<5>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
-    case 4: return gemm_rows<4>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
-    case 3: return gemm_rows<3>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
-    case 2: return gemm_rows<2>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
-    case 1: return gemm_rows<1>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc);
+    case 5: return gemm_rows<5>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
+    case 4: return gemm_rows<4>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
+    case 3: return gemm_rows<3>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
+    case 2: return gemm_rows<2>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
+    case 1: return gemm_rows<1>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
     default: return;
   }
 }
@@ -410,6 +455,32 @@ struct CPUBackend {
   // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
   static constexpr int64_t kParallelWork = 64 * 1024;
+
+  // The input projection of every step, out [N, G] = x [N, I] W_ih^T (+ bias [G]). Small ones
+  // (the seed models) on small_gemm, rows shared out across threads: MKL took 30-100 us for
+  // the toxic model's [4800, 3] x [3, 16], whatever the thread count.
+  template <class scalar_t>
+  static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
+                            at::Tensor& out) {
+    const int64_t N = x.size(0), K = x.size(1), G = w_ih.size(0);
+    if (N * G > kSmallPostLoop || !x.is_contiguous() || !out.is_contiguous()) {
+      if (bias.defined()) {
+        at::addmm_out(out, bias, x, w_ih.t());
+      } else {
+        at::mm_out(out, x, w_ih.t());
+      }
+      return;
+    }
+    const at::Tensor w_t = w_ih.t().contiguous();  // [K, G]
+    const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+    const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      small_gemm<scalar_t>(end - begin, G, K, x.const_data_ptr<scalar_t>() + begin * K, K, 1,
+                           w_t.const_data_ptr<scalar_t>(), G, scalar_t(0),
+                           out.data_ptr<scalar_t>() + begin * G, G,
+                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+    });
+  }
 
   // dW [G, K] = dgates^T [G, N] inputs [N, K]; dgates may be a column block of a wider matrix.
   template <class scalar_t>

@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
@@ -114,7 +115,18 @@ struct CUDABackend {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  // dW [G, K] = dgates^T inputs and dx [N, K] = dgates w after the loop: cuBLAS through ATen.
+  // The input projection of all steps, and dW [G, K] = dgates^T inputs and dx [N, K] = dgates w
+  // after the loop: cuBLAS through ATen.
+  template <class scalar_t>
+  static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
+                            at::Tensor& out) {
+    if (bias.defined()) {
+      at::addmm_out(out, bias, x, w_ih.t());
+    } else {
+      at::mm_out(out, x, w_ih.t());
+    }
+  }
+
   template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
     return at::mm(dgates.t(), inputs);
