@@ -303,7 +303,9 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 template <class Backend, class scalar_t>
 ForwardResult layer_forward(const ForwardArgs& a) {
   auto [s, d] = check_layer_args(a);
-  const at::Tensor x = a.input.contiguous();
+  // The input as given (a batch-first model's is a transposed view): the backend reads it in
+  // place or makes its own copy.
+  const at::Tensor& x = a.input;
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
   const at::Tensor w_hh_t = a.w_hh.t().contiguous();
@@ -323,7 +325,6 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   if (s.N == 0) return {output, h_state, c_state, cells, workspace};
 
   // One GEMM for the input projection of every step, biases folded in.
-  const at::Tensor x2d = x.view({s.N, d.I});
   const at::Tensor bias = input_bias(d.mode, a.b_ih, a.b_hh, d.H);
   // LSTM and RNN save exactly one value per gate row (the activated gate), at the position of
   // its pre-activation: in training the input projection is written into the workspace's gates
@@ -332,7 +333,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const bool in_place = a.train && d.saved_cols() == d.G;
   at::Tensor xproj = in_place ? workspace.narrow(0, 0, s.N * d.G).view({s.N, d.G})
                               : at::empty({s.N, d.G}, opts);
-  Backend::template project_input<scalar_t>(x2d, a.w_ih, bias, xproj);
+  Backend::template project_input<scalar_t>(x, a.w_ih, bias, xproj);
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
@@ -375,9 +376,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   TORCH_CHECK(workspace.numel() == s.N * d.ws_cols(),
               "fused_rnn: the workspace does not match this layer (was the forward run with "
               "train=False?)");
-  const at::Tensor x = a.input.contiguous();
+  const at::Tensor& x = a.input;
   auto opts = x.options();
-  const at::Tensor x2d = x.view({s.N, d.I});
   const at::Tensor dout = grad_output.contiguous().view({s.N, d.P});
   at::Tensor dh_state = grad_hy.clone(at::MemoryFormat::Contiguous);
   at::Tensor dc_state =
@@ -419,8 +419,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const at::Tensor dgates_x = dgates.narrow(1, S - d.G, d.G);
   const at::Tensor dgates_h = dgates.narrow(1, 0, d.G);
   const at::Tensor h_prev = workspace.narrow(0, s.N * S, s.N * d.P).view({s.N, d.P});
-  at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih).view(x.sizes());
-  at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x2d);
+  at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
+  at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
   at::Tensor grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
   at::Tensor grad_b_ih = a.b_ih ? dgates_x.sum(0) : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);

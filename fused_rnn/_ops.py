@@ -115,8 +115,10 @@ def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh
     backward reads is kept. Under CUDA autocast everything runs in the autocast dtype; the op
     itself has no autocast kernel, so this is the one place that casts.
     """
-    check_build(input.device)
-    cast = autocast_dtype(input.device)
+    cast = None
+    if input.is_cuda:  # (input.device costs ~1 us; the CPU needs neither check)
+        check_build(input.device)
+        cast = autocast_dtype(input.device)
     if cast is not None:  # as torch.nn's RNNs and cells under CUDA autocast: all in `cast`
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (
             t.to(cast) if t is not None else None

@@ -366,6 +366,33 @@ class SpinBarrier {
   alignas(64) std::atomic<int> generation_{0};
 };
 
+// The rows of a layer's input as the post-loop products read them in place: an [N, K] matrix,
+// or a [T, B, K] input that may be a view (a batch-first tensor transposed to time-major), as
+// `blocks` blocks of `rows` rows, row r of block t at t * st + r * sb, elements contiguous.
+// Copying the toxic model's transposed [150, 32, 3] input took ATen 28 us, twice per step.
+struct RowBlocks {
+  int64_t blocks, rows, st, sb;
+
+  // None where the elements of a row are not contiguous.
+  static c10::optional<RowBlocks> of(const at::Tensor& t) {
+    if (t.size(-1) > 1 && t.stride(-1) != 1) return c10::nullopt;
+    if (t.dim() == 2) return RowBlocks{1, t.size(0), 0, t.stride(0)};
+    if (t.dim() == 3) return RowBlocks{t.size(0), t.size(1), t.stride(0), t.stride(1)};
+    return c10::nullopt;
+  }
+  // fn(n, offset, count) for each run of rows [begin, end) (time-major row numbers) that lies
+  // within one block: rows n .. n + count - 1, the first at element `offset`.
+  template <class Fn>
+  void segments(int64_t begin, int64_t end, const Fn& fn) const {
+    while (begin < end) {
+      const int64_t t = begin / rows, r = begin - t * rows;
+      const int64_t count = std::min(end, (t + 1) * rows) - begin;
+      fn(begin, t * st + r * sb, count);
+      begin += count;
+    }
+  }
+};
+
 struct CPUBackend {
   struct DeviceGuard {
     explicit DeviceGuard(c10::Device) {}
@@ -456,60 +483,75 @@ struct CPUBackend {
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
   static constexpr int64_t kParallelWork = 64 * 1024;
 
-  // The input projection of every step, out [N, G] = x [N, I] W_ih^T (+ bias [G]). Small ones
-  // (the seed models) on small_gemm, rows shared out across threads: MKL took 30-100 us for
-  // the toxic model's [4800, 3] x [3, 16], whatever the thread count.
+  // The input projection of every step, out [N, G] = x W_ih^T (+ bias [G]), x being the layer's
+  // input ([T, B, I], possibly a view, or packed [N, I]). Small ones (the seed models) on
+  // small_gemm, reading x in place, rows shared out across threads: MKL took 30-100 us for the
+  // toxic model's [4800, 3] x [3, 16], whatever the thread count.
   template <class scalar_t>
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
-    const int64_t N = x.size(0), K = x.size(1), G = w_ih.size(0);
-    if (N * G > kSmallPostLoop || !x.is_contiguous() || !out.is_contiguous()) {
+    const int64_t K = x.size(-1), G = w_ih.size(0), N = out.size(0);
+    const auto rb = RowBlocks::of(x);
+    if (N * G > kSmallPostLoop || !rb) {
+      const at::Tensor x2d = x.reshape({N, K});
       if (bias.defined()) {
-        at::addmm_out(out, bias, x, w_ih.t());
+        at::addmm_out(out, bias, x2d, w_ih.t());
       } else {
-        at::mm_out(out, x, w_ih.t());
+        at::mm_out(out, x2d, w_ih.t());
       }
       return;
     }
     const at::Tensor w_t = w_ih.t().contiguous();  // [K, G]
     const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      small_gemm<scalar_t>(end - begin, G, K, x.const_data_ptr<scalar_t>() + begin * K, K, 1,
-                           w_t.const_data_ptr<scalar_t>(), G, scalar_t(0),
-                           out.data_ptr<scalar_t>() + begin * G, G,
-                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+      rb->segments(begin, end, [&](int64_t n, int64_t off, int64_t count) {
+        small_gemm<scalar_t>(count, G, K, xp + off, rb->sb, 1, w_t.const_data_ptr<scalar_t>(), G,
+                             scalar_t(0), out.data_ptr<scalar_t>() + n * G, G,
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
 
-  // dW [G, K] = dgates^T [G, N] inputs [N, K]; dgates may be a column block of a wider matrix.
+  // dW [G, K] = dgates^T [G, N] inputs [N, K]: inputs as project_input's x (or [N, K]); dgates
+  // may be a column block of a wider matrix.
   template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
-    const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(1);
-    if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || inputs.stride(1) != 1) {
-      return at::mm(dgates.t(), inputs);
+    const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(-1);
+    const auto rb = RowBlocks::of(inputs);
+    if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || !rb) {
+      return at::mm(dgates.t(), inputs.reshape({N, K}));
     }
     // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G; rows of dW^T
     // shared out across threads once each has kParallelWork multiply-adds.
-    at::Tensor grad_t = at::empty({K, G}, dgates.options());
+    at::Tensor grad_t = at::zeros({K, G}, dgates.options());
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
-    const int64_t ldx = inputs.stride(0);
+    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
+    const int64_t ld = dgates.stride(0);
     const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, N * G));
     at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
-      small_gemm<scalar_t>(k1 - k0, G, N, x + k0, 1, ldx, dgates.const_data_ptr<scalar_t>(),
-                           dgates.stride(0), scalar_t(0), grad_t.data_ptr<scalar_t>() + k0 * G, G);
+      rb->segments(0, N, [&](int64_t n, int64_t off, int64_t count) {
+        small_gemm<scalar_t>(k1 - k0, G, count, x + off + k0, 1, rb->sb, dg + n * ld, ld,
+                             scalar_t(1), grad_t.data_ptr<scalar_t>() + k0 * G, G);
+      });
     });
     return grad_t.t().contiguous();
   }
 
-  // dx [N, K] = dgates [N, G] w [G, K]; dgates may be a column block of a wider matrix.
+  // dx = dgates [N, G] w [G, K], contiguous and shaped like `input` (project_input's x): its
+  // strides must not depend on the input's, which torch.compile may lay out differently at run
+  // time than when it traced. dgates may be a column block of a wider matrix.
   template <class scalar_t>
-  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight) {
+  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
+                               const at::Tensor& input) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
-    if (N * G > kSmallPostLoop || dgates.stride(1) != 1) return at::mm(dgates, weight);
+    if (N * G > kSmallPostLoop || dgates.stride(1) != 1) {
+      return at::mm(dgates, weight).view(input.sizes());
+    }
     const at::Tensor w = weight.contiguous();
     const int64_t ld = dgates.stride(0);
-    at::Tensor grad = at::empty({N, K}, dgates.options());
+    at::Tensor grad = at::empty(input.sizes(), input.options());
     const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
       small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,

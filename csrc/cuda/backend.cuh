@@ -117,23 +117,27 @@ struct CUDABackend {
 
   // The input projection of all steps, and dW [G, K] = dgates^T inputs and dx [N, K] = dgates w
   // after the loop: cuBLAS through ATen.
+  // x, inputs: the layer's input ([T, B, I], possibly a view, or packed [N, I]) or an [N, K]
+  // matrix; the gradient of the input comes back shaped like it, contiguous.
   template <class scalar_t>
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
+    const at::Tensor x2d = x.reshape({out.size(0), x.size(-1)});
     if (bias.defined()) {
-      at::addmm_out(out, bias, x, w_ih.t());
+      at::addmm_out(out, bias, x2d, w_ih.t());
     } else {
-      at::mm_out(out, x, w_ih.t());
+      at::mm_out(out, x2d, w_ih.t());
     }
   }
 
   template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
-    return at::mm(dgates.t(), inputs);
+    return at::mm(dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
   }
   template <class scalar_t>
-  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight) {
-    return at::mm(dgates, weight);
+  static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
+                               const at::Tensor& input) {
+    return at::mm(dgates, weight).view(input.sizes());
   }
 
   // The whole layer in one part: parallelism comes from the kernels.
