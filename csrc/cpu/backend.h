@@ -481,7 +481,10 @@ struct CPUBackend {
   // gate-gradient elements (the seed models) the operands stay in cache and small_gemm beats
   // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
-  static constexpr int64_t kParallelWork = 64 * 1024;
+  // Multiply-adds per thread below which these products stay on one thread: waking the other
+  // threads (and waiting for the last) cost more than 100-200 us of work here. With a 64K grain
+  // the toxic model's training step took 25% longer on 2 threads than on 1.
+  static constexpr int64_t kParallelWork = 1024 * 1024;
 
   // The input projection of every step, out [N, G] = x W_ih^T (+ bias [G]), x being the layer's
   // input ([T, B, I], possibly a view, or packed [N, I]). Small ones (the seed models) on
