@@ -450,8 +450,9 @@ struct CPUBackend {
   }
 
   // Up to this many rows, the packed strips beat the BLAS whatever the weight's size: it would
-  // repack the whole weight every step.
-  static constexpr int64_t kPackedMaxRows = 16;
+  // repack the whole weight every step. (16 before: fastrnns' LSTM, 64 rows and a [512, 2048]
+  // W_hh^T, ran its forward 16% faster with 128, forward+backward 5%, in the same process.)
+  static constexpr int64_t kPackedMaxRows = 128;
 
   template <class scalar_t>
   static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
