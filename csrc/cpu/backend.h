@@ -280,7 +280,30 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       acc[r][0] = init(r, j);
       acc[r][1] = init(r, j + W);
     }
-    for (int64_t p = 0; p < k; ++p) {
+    int64_t p = 0;
+    if constexpr (R <= 2) {
+      // 2R chains of dependent multiply-adds cannot hide the FMA latency (batch 1-2 rows per
+      // step): a second set for odd p doubles them (14 of the 16 registers at R = 2).
+      Vec odd[R][2];
+      for (int r = 0; r < R; ++r) odd[r][0] = odd[r][1] = Vec(T(0));
+      for (; p + 2 <= k; p += 2) {
+        const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
+        const Vec c0 = Vec::loadu(B + (p + 1) * ldb + j);
+        const Vec c1 = Vec::loadu(B + (p + 1) * ldb + j + W);
+        for (int r = 0; r < R; ++r) {
+          const Vec a(A[r * a_rs + p * a_cs]), a2(A[r * a_rs + (p + 1) * a_cs]);
+          acc[r][0] = at::vec::fmadd(a, b0, acc[r][0]);
+          acc[r][1] = at::vec::fmadd(a, b1, acc[r][1]);
+          odd[r][0] = at::vec::fmadd(a2, c0, odd[r][0]);
+          odd[r][1] = at::vec::fmadd(a2, c1, odd[r][1]);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] = acc[r][0] + odd[r][0];
+        acc[r][1] = acc[r][1] + odd[r][1];
+      }
+    }
+    for (; p < k; ++p) {
       const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
       for (int r = 0; r < R; ++r) {
         const Vec a(A[r * a_rs + p * a_cs]);
