@@ -2,7 +2,10 @@
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
 //   pack_weight<scalar_t>(w, block) -> Tensor                      its own copy of a recurrent
-//                                                                  weight (or undefined: none)
+//                                                                  weight [K, N], any strides
+//                                                                  (or undefined: none)
+//   needs_unpacked(packed, rows) -> bool                           whether products of up to
+//                                                                  `rows` rows also read it as is
 //   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc)           columns [c0, c1) of A W
 //   copy(dst, src, count)                                          contiguous copy
 //   copy_cols(dst, src, rows, col_begin, col_end, ld)              the same columns of [rows, ld]
@@ -96,11 +99,12 @@ struct Weight {
   int64_t K, N, block;
 };
 
+// `w`: the weight [K, N] row-major, or undefined where only the packed copy is read.
 template <class scalar_t>
-Weight<scalar_t> make_weight(const at::Tensor& w, const at::Tensor& packed, int64_t block) {
-  return {w.const_data_ptr<scalar_t>(),
-          packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, w.size(0), w.size(1),
-          block};
+Weight<scalar_t> make_weight(const at::Tensor& w, const at::Tensor& packed, int64_t K, int64_t N,
+                             int64_t block) {
+  return {w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+          packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block};
 }
 
 // Unit parts start at multiples of this many units (two AVX2 lanes of floats).
@@ -308,8 +312,11 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const at::Tensor& x = a.input;
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
-  const at::Tensor w_hh_t = a.w_hh.t().contiguous();
-  const at::Tensor w_hh_t_packed = Backend::template pack_weight<scalar_t>(w_hh_t, d.H);
+  // The backend packs W_hh^T from the transposed view; the transposed copy is made only for the
+  // products its packed copy does not serve (the CPU: more than 128 rows per step).
+  const at::Tensor w_hh_t_packed = Backend::template pack_weight<scalar_t>(a.w_hh.t(), d.H);
+  const at::Tensor w_hh_t = Backend::needs_unpacked(w_hh_t_packed, s.B)
+                                ? a.w_hh.t().contiguous() : at::Tensor();
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -346,7 +353,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   auto run = [&](auto train, const Part& part, auto& sync) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
         s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(),
-        make_weight<scalar_t>(w_hh_t, w_hh_t_packed, d.H), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
+        make_weight<scalar_t>(w_hh_t, w_hh_t_packed, d.P, d.G, d.H), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
@@ -403,7 +410,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
                                s.N);
     Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
       backward_loop<Backend, scalar_t>(
-          s, d, a.reverse, part, sync, make_weight<scalar_t>(w_hh, w_hh_packed, d.P),
+          s, d, a.reverse, part, sync, make_weight<scalar_t>(w_hh, w_hh_packed, d.G, d.P, d.P),
           d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
           dout.const_data_ptr<scalar_t>(),
           dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,

@@ -246,3 +246,19 @@ def test_batch_first_input(mode, hidden):
     ref, fused = make_pair(mode, 3, hidden, batch_first=True, dtype=torch.float32)
     x = torch.randn(7, 30, 3, requires_grad=True)
     assert_same_run(ref, fused, lambda m: m(x), [x], torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_batch_unpacked_weight(mode, threads):
+    """More rows per step than the CPU's packed recurrent weight serves (B > 128 with a large
+    W_hh): those products read the unpacked weight (the transposed copy the forward pass then
+    makes), forward and backward, on one thread and with units split across two."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, fused = make_pair(mode, 8, 512)
+        x = torch.randn(3, 160, 8, dtype=torch.float64, requires_grad=True)
+        assert_same_run(ref, fused, lambda m: m(x), [x])
+    finally:
+        torch.set_num_threads(saved)

@@ -451,25 +451,47 @@ struct CPUBackend {
   // Weights that fit in L1 stay as they are.
   static constexpr int64_t kPackMinBytes = 16 * 1024;
 
+  // `w` [K, N] with any strides: W_hh^T is packed from the transposed view of W_hh (reading its
+  // rows, no transposed copy: at batch 1 that copy and a memcpy per strip row were a fifth of
+  // the forward pass).
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor& w, int64_t block) {
+  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block) {
     constexpr int64_t SW = strip_width<scalar_t>();
-    const int64_t K = w.size(0), N = w.size(1), blocks = N / block;
+    const int64_t K = weight.size(0), N = weight.size(1), blocks = N / block;
     if (K * N * int64_t(sizeof(scalar_t)) < kPackMinBytes) return at::Tensor();
+    const bool transposed = weight.stride(0) == 1 && weight.stride(1) != 1;
+    const at::Tensor w = transposed ? weight : weight.contiguous();
+    const int64_t ld = transposed ? w.stride(1) : w.stride(0);
     const int64_t strips = (block + SW - 1) / SW;
-    at::Tensor packed = at::zeros({blocks * strips * K * SW}, w.options());
+    at::Tensor packed = at::empty({blocks * strips * K * SW}, w.options());
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = packed.data_ptr<scalar_t>();
     for (int64_t b = 0; b < blocks; ++b) {
       for (int64_t st = 0; st < strips; ++st) {
         const int64_t c0 = b * block + st * SW, width = std::min(SW, block - st * SW);
         scalar_t* panel = dst + (b * strips + st) * K * SW;
-        for (int64_t k = 0; k < K; ++k) {
-          std::memcpy(panel + k * SW, src + k * N + c0, sizeof(scalar_t) * width);
+        if (transposed) {  // element (k, c0 + c) at src[(c0 + c) * ld + k]
+          for (int64_t c = 0; c < width; ++c) {
+            const scalar_t* row = src + (c0 + c) * ld;
+            for (int64_t k = 0; k < K; ++k) panel[k * SW + c] = row[k];
+          }
+        } else {
+          for (int64_t k = 0; k < K; ++k) {
+            for (int64_t c = 0; c < width; ++c) panel[k * SW + c] = src[k * ld + c0 + c];
+          }
+        }
+        for (int64_t k = 0; k < K && width < SW; ++k) {  // the padding of a block's last strip
+          for (int64_t c = width; c < SW; ++c) panel[k * SW + c] = scalar_t(0);
         }
       }
     }
     return packed;
+  }
+
+  // gemm_weight reads the unpacked weight where there is no packed copy or beyond
+  // kPackedMaxRows rows (with a weight too large for small_gemm).
+  static bool needs_unpacked(const at::Tensor& packed, int64_t rows) {
+    return !packed.defined() || rows > kPackedMaxRows;
   }
 
   // Up to this many rows, the packed strips beat the BLAS whatever the weight's size: it would

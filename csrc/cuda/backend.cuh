@@ -80,6 +80,7 @@ struct CUDABackend {
   static at::Tensor pack_weight(const at::Tensor&, int64_t) {
     return at::Tensor();
   }
+  static bool needs_unpacked(const at::Tensor&, int64_t) { return true; }
 
   template <class scalar_t>
   static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
