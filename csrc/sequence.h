@@ -13,7 +13,8 @@
 //   plan(schedule, dims) -> std::vector<Part>                      how to share out a layer
 //   for_each_part(parts, fn)                                       fn(part, sync) for each part
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
-//   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w)   after the loop
+//   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w, input),
+//   column_sums<scalar_t>(dgates)                                  after the loop
 // Everything else outside the loop is a handful of ATen calls, which run on either device.
 //
 // Variable lengths: rows are sorted by length, longest first (a PackedSequence's order), and
@@ -429,9 +430,16 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
   at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
   at::Tensor grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
-  at::Tensor grad_b_ih = a.b_ih ? dgates_x.sum(0) : at::empty({0}, opts);
+  // Bias gradients: column sums of the gate gradients. Both biases of LSTM/RNN meet the same
+  // pre-activation; GRU's b_hh meets the recurrent side (n gate inside r * (...)).
+  at::Tensor sum_x;
+  if (a.b_ih || (a.b_hh && !gru)) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
+  at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
-  if (a.b_hh) grad_b_hh = gru ? dgates_h.sum(0) : grad_b_ih.clone();
+  if (a.b_hh) {
+    grad_b_hh = gru ? Backend::template column_sums<scalar_t>(dgates_h)
+                    : (a.b_ih ? sum_x.clone() : sum_x);
+  }
   if (gru) {  // back from the order n, r, z to r, z, n
     grad_w_hh = grad_w_hh.roll(-d.H, 0);
     if (a.b_hh) grad_b_hh = grad_b_hh.roll(-d.H, 0);

@@ -563,6 +563,32 @@ struct CPUBackend {
     });
   }
 
+  // Column sums of dgates [N, G] (a column block of a wider matrix): the bias gradients. Small
+  // ones summed here in lanes (ATen's sum(0) cost ~15 us on the toxic model's [4800, 16]).
+  template <class scalar_t>
+  static at::Tensor column_sums(const at::Tensor& dgates) {
+    const int64_t N = dgates.size(0), G = dgates.size(1);
+    if (N * G > kSmallPostLoop || dgates.stride(1) != 1) return dgates.sum(0);
+    using Vec = at::vec::Vectorized<scalar_t>;
+    constexpr int64_t W = Vec::size();
+    at::Tensor sums = at::empty({G}, dgates.options());
+    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
+    const int64_t ld = dgates.stride(0);
+    scalar_t* out = sums.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < G; j += W) {
+      const LaneMask<scalar_t> lane(std::min<int64_t>(W, G - j));
+      Vec acc0(scalar_t(0)), acc1(scalar_t(0));
+      int64_t n = 0;
+      for (; n + 2 <= N; n += 2) {
+        acc0 = acc0 + lane.load(dg + n * ld + j);
+        acc1 = acc1 + lane.load(dg + (n + 1) * ld + j);
+      }
+      if (n < N) acc0 = acc0 + lane.load(dg + n * ld + j);
+      lane.store(out + j, acc0 + acc1);
+    }
+    return sums;
+  }
+
   // dW [G, K] = dgates^T [G, N] inputs [N, K]: inputs as project_input's x (or [N, K]); dgates
   // may be a column block of a wider matrix.
   template <class scalar_t>

@@ -132,6 +132,11 @@ struct CUDABackend {
   }
 
   template <class scalar_t>
+  static at::Tensor column_sums(const at::Tensor& dgates) {
+    return dgates.sum(0);
+  }
+
+  template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
     return at::mm(dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
   }
