@@ -91,8 +91,7 @@ struct LSTMForward {
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
-    const int64_t g0 = b * 4 * H + j;
-    const int64_t G = 4 * H;
+    const int64_t G = 4 * H, g0 = b * G + j;
     const V i = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
     const V f = M::sigmoid(M::load(xg + g0 + H, G) + M::load(hg + g0 + H, G));
     const V g = M::tanh(M::load(xg + g0 + 2 * H, G) + M::load(hg + g0 + 2 * H, G));
@@ -128,8 +127,7 @@ struct GRUForward {
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
-    const int64_t g0 = b * 3 * H + j;
-    const int64_t G = 3 * H;
+    const int64_t G = 3 * H, g0 = b * G + j;
     V hn = M::load(hg + g0 + 2 * H, G);
     if (b_hn) hn = hn + M::load(b_hn + j, 0);  // the same for every row
     const V r = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
@@ -140,11 +138,11 @@ struct GRUForward {
     M::store(h_state + b * H + j, H, h);
     M::store(h_out + b * H + j, H, h);
     if (Train) {
-      const int64_t s0 = b * 4 * H + j;
-      M::store(gates + s0, 4 * H, r);
-      M::store(gates + s0 + H, 4 * H, z);
-      M::store(gates + s0 + 2 * H, 4 * H, n);
-      M::store(gates + s0 + 3 * H, 4 * H, hn);
+      const int64_t S = 4 * H, s0 = b * S + j;
+      M::store(gates + s0, S, r);
+      M::store(gates + s0 + H, S, z);
+      M::store(gates + s0 + 2 * H, S, n);
+      M::store(gates + s0 + 3 * H, S, hn);
     }
   }
 };
@@ -192,8 +190,7 @@ struct LSTMBackward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const V one = M::splat(1);
-    const int64_t g0 = b * 4 * H + j;
-    const int64_t G = 4 * H;
+    const int64_t G = 4 * H, g0 = b * G + j;
     const V i = M::load(gates + g0, G), f = M::load(gates + g0 + H, G);
     const V g = M::load(gates + g0 + 2 * H, G), o = M::load(gates + g0 + 3 * H, G);
     const V cp = M::load(c_prev + b * H + j, H);
@@ -228,8 +225,7 @@ struct GRUBackward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const V one = M::splat(1);
-    const int64_t s0 = b * 4 * H + j;
-    const int64_t S = 4 * H;
+    const int64_t S = 4 * H, s0 = b * S + j;
     const V r = M::load(gates + s0, S), z = M::load(gates + s0 + H, S);
     const V n = M::load(gates + s0 + 2 * H, S), hn = M::load(gates + s0 + 3 * H, S);
     const V hp = M::load(h_prev + b * H + j, H);

@@ -108,6 +108,27 @@ Weight<scalar_t> make_weight(const at::Tensor& w, const at::Tensor& packed, int6
           packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block};
 }
 
+// The products outside the loop as ATen calls (cuBLAS, or the CPU's BLAS for large layers).
+// x / inputs: the layer's input ([T, B, I], possibly a view, or packed [N, I]) or an [N, K]
+// matrix; dgates [N, G] may be a column block of a wider matrix.
+inline void aten_project_input(const at::Tensor& x, const at::Tensor& w_ih,
+                               const at::Tensor& bias, at::Tensor& out) {
+  const at::Tensor x2d = x.reshape({out.size(0), x.size(-1)});
+  if (bias.defined()) {
+    at::addmm_out(out, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(out, x2d, w_ih.t());
+  }
+}
+inline at::Tensor aten_grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
+  return at::mm(dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
+}
+// Contiguous, shaped like `input`.
+inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& weight,
+                                  const at::Tensor& input) {
+  return at::mm(dgates, weight).view(input.sizes());
+}
+
 // Unit parts start at multiples of this many units (two AVX2 lanes of floats).
 constexpr int64_t kUnitAlign = 16;
 

@@ -91,9 +91,9 @@ class RNNBase(torch.nn.RNNBase):
         weights = self._current_weights()
         lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
+        given = hx is not None
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
-            given = hx is not None
             if not given:
                 hx = self._zeros_state(input, int(batch_sizes[0]))
             else:
@@ -107,7 +107,6 @@ class RNNBase(torch.nn.RNNBase):
             batch_dim = 0 if self.batch_first else 1
             if not batched:
                 input = input.unsqueeze(batch_dim)
-            given = hx is not None
             if not given:
                 hx = self._zeros_state(input, input.size(batch_dim))
             else:

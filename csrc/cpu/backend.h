@@ -5,7 +5,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -99,10 +98,48 @@ inline void store_partial(double* p, __m256d v, int count) {
 }
 #endif
 
+// The first `count` elements of a lane, with a mask computed once per use: at::vec's
+// loadu(p, count) goes through a stack buffer, which the small GEMMs' last columns (GRU's 3H
+// with H = 4, say) paid on every multiply-add.
+template <class T>
+struct LaneMask {
+  using Vec = at::vec::Vectorized<T>;
+#if defined(CPU_CAPABILITY_AVX2)
+  __m256i mask;
+  int count;
+  explicit LaneMask(int64_t c) : count(int(c)) {
+    if constexpr (std::is_same_v<T, float>) {
+      mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    } else {
+      mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+    }
+  }
+  Vec load(const T* p) const {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm256_maskload_ps(p, mask);
+    } else {
+      return _mm256_maskload_pd(p, mask);
+    }
+  }
+  void store(T* p, Vec v) const {
+    if constexpr (std::is_same_v<T, float>) {
+      store_partial(p, __m256(v), count);
+    } else {
+      store_partial(p, __m256d(v), count);
+    }
+  }
+#else
+  int64_t count;
+  explicit LaneMask(int64_t c) : count(c) {}
+  Vec load(const T* p) const { return Vec::loadu(p, count); }
+  void store(T* p, Vec v) const { v.store(p, count); }
+#endif
+};
+
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
-// the seed models' 3-4 unit layers): loads and stores the first Count elements with masked
-// AVX2 moves, the rest of the lane computes on zeros. Count is a template parameter so the
-// masks are constants (no per-element branches, no thread-local state).
+// the seed models' 3-4 unit layers): loads and stores the first Count elements (LaneMask), the
+// rest of the lane computes on zeros. Count is a template parameter so the mask is a constant
+// (no per-element branches, no thread-local state).
 template <class T, int Count>
 struct TailVec : at::vec::Vectorized<T> {
   using Base = at::vec::Vectorized<T>;
@@ -110,34 +147,8 @@ struct TailVec : at::vec::Vectorized<T> {
   TailVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit TailVec(T v) : Base(v) {}
 
-  static TailVec load(const T* p) {
-#if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float>) {
-      return Base(_mm256_maskload_ps(p, mask_ps()));
-    } else if constexpr (std::is_same_v<T, double>) {
-      return Base(_mm256_maskload_pd(p, mask_pd()));
-    }
-#endif
-    return Base::loadu(p, Count);
-  }
-  void store(T* p) const {
-#if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      return store_partial(p, *this, Count);
-    }
-#endif
-    Base::store(p, Count);
-  }
-
- private:
-#if defined(CPU_CAPABILITY_AVX2)
-  static __m256i mask_ps() {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(Count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static __m256i mask_pd() {
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(Count), _mm256_setr_epi64x(0, 1, 2, 3));
-  }
-#endif
+  static TailVec load(const T* p) { return Base(LaneMask<T>(Count).load(p)); }
+  void store(T* p) const { LaneMask<T>(Count).store(p, *this); }
 };
 
 template <class T, int Count>
@@ -220,44 +231,6 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
-// The first `count` elements of a lane, with a mask computed once per use: at::vec's
-// loadu(p, count) goes through a stack buffer, which the small GEMMs' last columns (GRU's 3H
-// with H = 4, say) paid on every multiply-add.
-template <class T>
-struct LaneMask {
-  using Vec = at::vec::Vectorized<T>;
-#if defined(CPU_CAPABILITY_AVX2)
-  __m256i mask;
-  int count;
-  explicit LaneMask(int64_t c) : count(int(c)) {
-    if constexpr (std::is_same_v<T, float>) {
-      mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    } else {
-      mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
-    }
-  }
-  Vec load(const T* p) const {
-    if constexpr (std::is_same_v<T, float>) {
-      return _mm256_maskload_ps(p, mask);
-    } else {
-      return _mm256_maskload_pd(p, mask);
-    }
-  }
-  void store(T* p, Vec v) const {
-    if constexpr (std::is_same_v<T, float>) {
-      store_partial(p, __m256(v), count);
-    } else {
-      store_partial(p, __m256d(v), count);
-    }
-  }
-#else
-  int64_t count;
-  explicit LaneMask(int64_t c) : count(c) {}
-  Vec load(const T* p) const { return Vec::loadu(p, count); }
-  void store(T* p, Vec v) const { v.store(p, count); }
-#endif
-};
-
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small products of the seed models
 // (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic: R rows
 // x 2 lanes of accumulators, B's rows streamed from cache, a masked lane for the last columns.
@@ -269,16 +242,18 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
                int64_t ldb, T beta, T* C, int64_t ldc, const T* bias) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  auto init = [&](int r, int64_t j) {
-    if (beta != T(0)) return Vec::loadu(C + r * ldc + j) * Vec(beta);
-    return bias ? Vec::loadu(bias + j) : Vec(T(0));
+  // The accumulators' start, through `load` (a full lane, or the masked last one).
+  auto init = [&](int r, int64_t j, const auto& load) {
+    if (beta != T(0)) return load(C + r * ldc + j) * Vec(beta);
+    return bias ? load(bias + j) : Vec(T(0));
   };
+  const auto full = [](const T* p) { return Vec::loadu(p); };
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
     Vec acc[R][2];
     for (int r = 0; r < R; ++r) {
-      acc[r][0] = init(r, j);
-      acc[r][1] = init(r, j + W);
+      acc[r][0] = init(r, j, full);
+      acc[r][1] = init(r, j + W, full);
     }
     int64_t p = 0;
     if constexpr (R <= 2) {
@@ -320,10 +295,10 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     // Two accumulators per row (even and odd p): with one lane there are only R chains of
     // dependent multiply-adds, too few to hide the FMA latency (the seed models' n = H <= 8).
     const LaneMask<T> lane(std::min<int64_t>(W, n - j));
+    const auto masked = [&](const T* p) { return lane.load(p); };
     Vec acc[R], acc2[R];
     for (int r = 0; r < R; ++r) {
-      acc[r] = beta != T(0) ? lane.load(C + r * ldc + j) * Vec(beta)
-                            : bias ? lane.load(bias + j) : Vec(T(0));
+      acc[r] = init(r, j, masked);
       acc2[r] = Vec(T(0));
     }
     int64_t p = 0;
@@ -541,15 +516,7 @@ struct CPUBackend {
                             at::Tensor& out) {
     const int64_t K = x.size(-1), G = w_ih.size(0), N = out.size(0);
     const auto rb = RowBlocks::of(x);
-    if (N * G > kSmallPostLoop || !rb) {
-      const at::Tensor x2d = x.reshape({N, K});
-      if (bias.defined()) {
-        at::addmm_out(out, bias, x2d, w_ih.t());
-      } else {
-        at::mm_out(out, x2d, w_ih.t());
-      }
-      return;
-    }
+    if (N * G > kSmallPostLoop || !rb) return aten_project_input(x, w_ih, bias, out);
     const at::Tensor w_t = w_ih.t().contiguous();  // [K, G]
     const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -596,7 +563,7 @@ struct CPUBackend {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(-1);
     const auto rb = RowBlocks::of(inputs);
     if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || !rb) {
-      return at::mm(dgates.t(), inputs.reshape({N, K}));
+      return aten_grad_weight(dgates, inputs);
     }
     // Computed transposed, dW^T = inputs^T dgates, so the lanes run along G; rows of dW^T
     // shared out across threads once each has kParallelWork multiply-adds.
@@ -622,7 +589,7 @@ struct CPUBackend {
                                const at::Tensor& input) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
     if (N * G > kSmallPostLoop || dgates.stride(1) != 1) {
-      return at::mm(dgates, weight).view(input.sizes());
+      return aten_grad_input(dgates, weight, input);
     }
     const at::Tensor w = weight.contiguous();
     const int64_t ld = dgates.stride(0);

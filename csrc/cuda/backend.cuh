@@ -6,7 +6,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
@@ -123,12 +122,7 @@ struct CUDABackend {
   template <class scalar_t>
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
-    const at::Tensor x2d = x.reshape({out.size(0), x.size(-1)});
-    if (bias.defined()) {
-      at::addmm_out(out, bias, x2d, w_ih.t());
-    } else {
-      at::mm_out(out, x2d, w_ih.t());
-    }
+    aten_project_input(x, w_ih, bias, out);
   }
 
   template <class scalar_t>
@@ -138,12 +132,12 @@ struct CUDABackend {
 
   template <class scalar_t>
   static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
-    return at::mm(dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
+    return aten_grad_weight(dgates, inputs);
   }
   template <class scalar_t>
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                const at::Tensor& input) {
-    return at::mm(dgates, weight).view(input.sizes());
+    return aten_grad_input(dgates, weight, input);
   }
 
   // The whole layer in one part: parallelism comes from the kernels.
