@@ -69,11 +69,11 @@ std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t part
     const int64_t left = parts - int64_t(ranges.size()) - 1;  // ranges still to open after this
     const bool full = seen * parts >= s.N * int64_t(ranges.size() + 1);
     if (left > 0 && full && s.B - (b + 1) >= left) {
-      ranges.push_back({begin, b + 1, 0, d.H});
+      ranges.push_back({begin, b + 1, 0, d.H, false, int64_t(ranges.size())});
       begin = b + 1;
     }
   }
-  ranges.push_back({begin, s.B, 0, d.H});
+  ranges.push_back({begin, s.B, 0, d.H, false, int64_t(ranges.size())});
   return ranges;
 }
 
@@ -87,7 +87,7 @@ std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t par
   for (int64_t i = 0; i < parts; ++i) {
     const int64_t u0 = std::min(d.H, chunks * i / parts * align);
     const int64_t u1 = std::min(d.H, chunks * (i + 1) / parts * align);
-    out.push_back({0, s.B, u0, u1, true});
+    out.push_back({0, s.B, u0, u1, true, i});
   }
   return out;
 }

@@ -1,18 +1,20 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
-//   pack_weight<scalar_t>(w, block) -> Tensor                      its own copy of a recurrent
-//                                                                  weight [K, N], any strides
-//                                                                  (or undefined: none)
-//   needs_unpacked(packed, rows) -> bool                           whether products of up to
-//                                                                  `rows` rows also read it as is
-//   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc)           columns [c0, c1) of A W
+//   pack_weight<scalar_t>(w, block) -> Tensor                      its own copy of a weight
+//                                                                  [K, N], any strides, which
+//                                                                  gemm_weight then reads (or
+//                                                                  undefined: none, it reads w)
+//   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc, bias)     columns [c0, c1) of A W
+//                                                                  (+ bias: CPU only)
 //   copy(dst, src, count)                                          contiguous copy
 //   copy_cols(dst, src, rows, col_begin, col_end, ld)              the same columns of [rows, ld]
 //   pointwise(functor, rows, col_begin, col_end)                   functor.apply over that block
 //   plan(schedule, dims) -> std::vector<Part>                      how to share out a layer
 //   for_each_part(parts, fn)                                       fn(part, sync) for each part
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
+//   kStepProjection, project_in_loop(schedule, dims, x)            whether to project x inside
+//                                                                  the loop (StepProjection)
 //   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w, input),
 //   column_sums<scalar_t>(dgates)                                  after the loop
 // Everything else outside the loop is a handful of ATen calls, which run on either device.
@@ -88,6 +90,38 @@ struct WorkspaceView {
   }
 };
 
+// The rows of a layer's input as the CPU's products read them in place: an [N, K] matrix,
+// or a [T, B, K] input that may be a view (a batch-first tensor transposed to time-major), as
+// `blocks` blocks of `rows` rows, row r of block t at t * st + r * sb, elements contiguous.
+// (Copying the toxic model's transposed [150, 32, 3] input took ATen 28 us, twice per step.)
+struct RowBlocks {
+  int64_t blocks, rows, st, sb;
+
+  // None where the elements of a row are not contiguous.
+  static c10::optional<RowBlocks> of(const at::Tensor& t) {
+    if (t.size(-1) > 1 && t.stride(-1) != 1) return c10::nullopt;
+    if (t.dim() == 2) return RowBlocks{1, t.size(0), 0, t.stride(0)};
+    if (t.dim() == 3 && t.stride(0) == t.size(1) * t.stride(1)) {  // evenly spaced: one block
+      return RowBlocks{1, t.size(0) * t.size(1), 0, t.stride(1)};
+    }
+    if (t.dim() == 3) return RowBlocks{t.size(0), t.size(1), t.stride(0), t.stride(1)};
+    return c10::nullopt;
+  }
+  // Element offset of time-major row r.
+  int64_t offset_of(int64_t r) const { return r / rows * st + r % rows * sb; }
+  // fn(n, offset, count) for each run of rows [begin, end) (time-major row numbers) that lies
+  // within one block: rows n .. n + count - 1, the first at element `offset`.
+  template <class Fn>
+  void segments(int64_t begin, int64_t end, const Fn& fn) const {
+    while (begin < end) {
+      const int64_t t = begin / rows, r = begin - t * rows;
+      const int64_t count = std::min(end, (t + 1) * rows) - begin;
+      fn(begin, t * st + r * sb, count);
+      begin += count;
+    }
+  }
+};
+
 // A recurrent weight, [K, N] row-major (W_hh^T in the forward pass, W_hh in the backward), as
 // the per-step GEMMs multiply by it: `packed` is the backend's copy made once per call (CPU:
 // column strips, so that every step streams it sequentially), null if it has none. Columns
@@ -150,6 +184,7 @@ struct Part {
   int64_t begin, end;      // rows
   int64_t u_begin, u_end;  // hidden units
   bool units_split = false;
+  int64_t index = 0;  // in the plan
   // Rows of this part active at step t, and where they start in the time-major buffers.
   int64_t rows(const Schedule& s, int64_t t) const {
     return std::max<int64_t>(0, std::min(s.rows[t], end) - begin);
@@ -163,11 +198,79 @@ std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t part
 // `parts` unit parts, their boundaries multiples of `align` units.
 std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t parts, int64_t align);
 
+// The input projection inside the loop (backends with kStepProjection, where
+// project_in_loop says so), where it would otherwise need an [N, G] buffer of its own (without
+// training; GRU in training): each part projects its own rows and units of a chunk of steps
+// into a small ring buffer just before it runs them, so the step reads x_t W_ih^T + bias from
+// cache, and the buffer is never allocated (at 50 x 256 x 4H = 13M floats, its page faults
+// alone cost 20 ms a call). With training, LSTM and RNN write the projection into the
+// workspace, which is there anyway: one product before the loop, as before.
+// x: the layer's input, its rows as `rows` says; w: W_ih^T [I, G] (blocks of H columns); bias
+// [G] (input_bias) or null; chunk: elements of x W_ih^T per chunk (at least one step); ring:
+// [parts][ring_rows, G], each part's chunk in time order.
+template <class scalar_t>
+struct StepProjection {
+  const scalar_t* x;
+  RowBlocks rows;
+  Weight<scalar_t> w;
+  const scalar_t* bias;
+  int64_t chunk;
+  scalar_t* ring;
+  int64_t ring_rows;
+};
+
+// Rows of a part's chunk at most: chunk / the part's columns, or one step's rows.
+inline int64_t chunk_rows(const LayerDims& d, const Part& part, int64_t chunk) {
+  const int64_t cols = part.units_split ? (part.u_end - part.u_begin) * (d.G / d.H) : d.G;
+  return std::max(chunk / std::max<int64_t>(cols, 1), part.end - part.begin);
+}
+
+// Projects the chunk of steps that starts at processing step `first` for `part`; sets xg_at[t]
+// for its steps; returns the processing step after it.
+template <class Backend, class scalar_t>
+int64_t project_chunk(const Schedule& s, const LayerDims& d, bool reverse, const Part& part,
+                      const StepProjection<scalar_t>& p, int64_t first, scalar_t** xg_at) {
+  const int64_t G = d.G, cap = chunk_rows(d, part, p.chunk);
+  int64_t end = first, total = 0;
+  for (; end < s.T; ++end) {
+    const int64_t n = part.rows(s, s.step(end, reverse));
+    if (end > first && total + n > cap) break;
+    total += n;
+  }
+  const int64_t t_lo = std::min(s.step(first, reverse), s.step(end - 1, reverse));
+  const int64_t t_hi = std::max(s.step(first, reverse), s.step(end - 1, reverse));
+  scalar_t* ring = p.ring + part.index * p.ring_rows * G;
+  // Where each step's rows go, in time order; whether they are one run of time-major rows (the
+  // part has all rows of every step but the last) with x's rows evenly spaced.
+  bool one_run = p.rows.blocks == 1 || p.rows.st == p.rows.rows * p.rows.sb;
+  int64_t pos = 0;
+  for (int64_t t = t_lo; t <= t_hi; ++t) {
+    xg_at[t] = ring + pos * G;
+    pos += part.rows(s, t);
+    if (t < t_hi && part.rows(s, t) != s.rows[t]) one_run = false;
+  }
+  const int64_t gate_step = part.units_split ? d.H : G;
+  const int64_t c0 = part.units_split ? part.u_begin : 0, c1 = part.units_split ? part.u_end : G;
+  auto product = [&](int64_t m, int64_t t) {  // m rows from step t's first
+    const scalar_t* x = p.x + p.rows.offset_of(part.offset(s, t));
+    for (int64_t g = 0; g < G; g += gate_step) {
+      Backend::gemm_weight(m, g + c0, g + c1, x, p.rows.sb, p.w, scalar_t(0), xg_at[t], G, p.bias);
+    }
+  };
+  if (one_run) {
+    product(pos, t_lo);
+  } else {
+    for (int64_t t = t_lo; t <= t_hi; ++t) product(part.rows(s, t), t);
+  }
+  return end;
+}
+
 // `hp_scratch`: [2, B, P], for unit parts without training (the previous state each step,
 // double-buffered); otherwise unused.
 template <class Backend, class scalar_t, bool Train, class Sync>
 void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
-                  const scalar_t* xproj, const Weight<scalar_t>& w_hh_t, const scalar_t* w_hr_t,
+                  const scalar_t* xproj, const StepProjection<scalar_t>* step_proj,
+                  const Weight<scalar_t>& w_hh_t, const scalar_t* w_hr_t,
                   const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
                   scalar_t* c_state_all, scalar_t* c_all, scalar_t* hg_all,
                   scalar_t* r_scratch_all, scalar_t* hp_scratch, WorkspaceView<scalar_t> ws) {
@@ -177,10 +280,18 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part
   scalar_t* c_state = c_state_all ? c_state_all + part.begin * H : nullptr;
   scalar_t* hg = hg_all + part.begin * G;
   scalar_t* r_scratch = r_scratch_all ? r_scratch_all + part.begin * H : nullptr;
+  std::vector<scalar_t*> xg_at(step_proj ? s.T : 0);  // x_t W_ih^T + bias of a chunk's steps
+  int64_t chunk_end = 0;
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = s.step(step, reverse);
     const int64_t n = part.rows(s, t), off = part.offset(s, t);
     if (n == 0) continue;
+    if constexpr (Backend::kStepProjection) {
+      if (step_proj && step >= chunk_end) {
+        chunk_end = project_chunk<Backend>(s, d, reverse, part, *step_proj, step, xg_at.data());
+      }
+    }
+    const scalar_t* xg = step_proj ? xg_at[t] : xproj + off * G;
     // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
     const scalar_t* h_prev = h_state;
     if (part.units_split) {
@@ -200,7 +311,6 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part
       }
       Backend::gemm_weight(n, 0, G, h_prev, P, w_hh_t, scalar_t(0), hg, G);
     }
-    const scalar_t* xg = xproj + off * G;
     scalar_t* out = output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
@@ -334,11 +444,10 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const at::Tensor& x = a.input;
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
-  // The backend packs W_hh^T from the transposed view; the transposed copy is made only for the
-  // products its packed copy does not serve (the CPU: more than 128 rows per step).
+  // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
+  // it does not (the CPU: weights that fit in L1; CUDA).
   const at::Tensor w_hh_t_packed = Backend::template pack_weight<scalar_t>(a.w_hh.t(), d.H);
-  const at::Tensor w_hh_t = Backend::needs_unpacked(w_hh_t_packed, s.B)
-                                ? a.w_hh.t().contiguous() : at::Tensor();
+  const at::Tensor w_hh_t = w_hh_t_packed.defined() ? at::Tensor() : a.w_hh.t().contiguous();
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -360,21 +469,40 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // block and the step's functor overwrites it in place (each element reads its own row entries
   // before writing them), which saves an [N, G] buffer.
   const bool in_place = a.train && d.saved_cols() == d.G;
+  const std::vector<Part> parts = Backend::plan(s, d);
+  c10::optional<StepProjection<scalar_t>> step_proj;
+  at::Tensor w_ih_t, w_ih_t_packed, bias_c, ring;
+  if constexpr (Backend::kStepProjection) {
+    if (!in_place && Backend::project_in_loop(s, d, x)) {
+      w_ih_t_packed = Backend::template pack_weight<scalar_t>(a.w_ih.t(), d.H);
+      if (!w_ih_t_packed.defined()) w_ih_t = a.w_ih.t().contiguous();
+      if (bias.defined()) bias_c = bias.contiguous();
+      const int64_t chunk = Backend::kStepProjectionChunk;
+      int64_t ring_rows = 0;
+      for (const Part& p : parts) ring_rows = std::max(ring_rows, chunk_rows(d, p, chunk));
+      ring = at::empty({int64_t(parts.size()) * ring_rows * d.G}, opts);
+      step_proj = StepProjection<scalar_t>{
+          x.const_data_ptr<scalar_t>(), *RowBlocks::of(x),
+          make_weight<scalar_t>(w_ih_t, w_ih_t_packed, d.I, d.G, d.H),
+          bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr, chunk,
+          ring.data_ptr<scalar_t>(), ring_rows};
+    }
+  }
+  // In place in the workspace, or one buffer for all steps (none with a step projection).
   at::Tensor xproj = in_place ? workspace.narrow(0, 0, s.N * d.G).view({s.N, d.G})
-                              : at::empty({s.N, d.G}, opts);
-  Backend::template project_input<scalar_t>(x, a.w_ih, bias, xproj);
+                              : at::empty({step_proj ? 0 : s.N, d.G}, opts);
+  if (!step_proj) Backend::template project_input<scalar_t>(x, a.w_ih, bias, xproj);
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
   at::Tensor hg = at::empty({s.B, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
-  const std::vector<Part> parts = Backend::plan(s, d);
   at::Tensor hp_scratch =
       at::empty({!a.train && parts[0].units_split ? 2 * s.B * d.P : 0}, opts);
   auto run = [&](auto train, const Part& part, auto& sync) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
-        s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(),
+        s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr,
         make_weight<scalar_t>(w_hh_t, w_hh_t_packed, d.P, d.G, d.H), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),

@@ -250,15 +250,56 @@ def test_batch_first_input(mode, hidden):
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_batch_unpacked_weight(mode, threads):
-    """More rows per step than the CPU's packed recurrent weight serves (B > 128 with a large
-    W_hh): those products read the unpacked weight (the transposed copy the forward pass then
-    makes), forward and backward, on one thread and with units split across two."""
+def test_large_batch_row_blocks(mode, threads):
+    """More rows per step than one block of the CPU's packed-weight products (B > 128, a large
+    W_hh): the rows go in blocks, forward and backward, on one thread and with units split
+    across two."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         ref, fused = make_pair(mode, 8, 512)
         x = torch.randn(3, 160, 8, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
+    finally:
+        torch.set_num_threads(saved)
+
+
+# Where the input projection would need an [N, G] buffer of its own (no autograd; GRU in
+# training) and N * G > 256K (csrc/cpu/backend.h: kSmallPostLoop), the CPU projects chunks of
+# steps inside the loop, each part its own rows or units (sequence.h: project_chunk). Hidden
+# sizes for row parts and for unit parts on two threads (UNIT_SPLIT_H).
+STEP_PROJECTION_SMALL_LOOP = 256 * 1024
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("parts", ["rows", "units"])
+@pytest.mark.parametrize("layout", ["padded", "packed_bidirectional", "batch_first"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_projection(mode, parts, layout, threads):
+    """Chunks of steps projected in the loop: one product per chunk where the part has all rows
+    (packed: rows stop inside a chunk), one per step for row parts and batch-first views; both
+    directions. Without autograd and with it, against torch.nn."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        hidden = 40 if parts == "rows" else UNIT_SPLIT_H[mode]
+        batch, inp = 48, 24
+        gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
+        steps = STEP_PROJECTION_SMALL_LOOP // (batch * gates) + 2  # just past the small path
+        ref, fused = make_pair(mode, inp, hidden, bidirectional=layout == "packed_bidirectional",
+                               batch_first=layout == "batch_first")
+        shape = (batch, steps, inp) if layout == "batch_first" else (steps, batch, inp)
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        lengths = [steps - (7 * i) % steps for i in range(batch)]
+
+        def call(m):
+            if layout == "packed_bidirectional":
+                return m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            return m(x)
+
+        with torch.no_grad():
+            for a, b in zip(flatten(call(ref)), flatten(call(fused))):
+                torch.testing.assert_close(b, a)
+        assert_same_run(ref, fused, call, [x])
     finally:
         torch.set_num_threads(saved)

@@ -364,33 +364,6 @@ class SpinBarrier {
   alignas(64) std::atomic<int> generation_{0};
 };
 
-// The rows of a layer's input as the post-loop products read them in place: an [N, K] matrix,
-// or a [T, B, K] input that may be a view (a batch-first tensor transposed to time-major), as
-// `blocks` blocks of `rows` rows, row r of block t at t * st + r * sb, elements contiguous.
-// Copying the toxic model's transposed [150, 32, 3] input took ATen 28 us, twice per step.
-struct RowBlocks {
-  int64_t blocks, rows, st, sb;
-
-  // None where the elements of a row are not contiguous.
-  static c10::optional<RowBlocks> of(const at::Tensor& t) {
-    if (t.size(-1) > 1 && t.stride(-1) != 1) return c10::nullopt;
-    if (t.dim() == 2) return RowBlocks{1, t.size(0), 0, t.stride(0)};
-    if (t.dim() == 3) return RowBlocks{t.size(0), t.size(1), t.stride(0), t.stride(1)};
-    return c10::nullopt;
-  }
-  // fn(n, offset, count) for each run of rows [begin, end) (time-major row numbers) that lies
-  // within one block: rows n .. n + count - 1, the first at element `offset`.
-  template <class Fn>
-  void segments(int64_t begin, int64_t end, const Fn& fn) const {
-    while (begin < end) {
-      const int64_t t = begin / rows, r = begin - t * rows;
-      const int64_t count = std::min(end, (t + 1) * rows) - begin;
-      fn(begin, t * st + r * sb, count);
-      begin += count;
-    }
-  }
-};
-
 struct CPUBackend {
   struct DeviceGuard {
     explicit DeviceGuard(c10::Device) {}
@@ -414,10 +387,11 @@ struct CPUBackend {
     small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc);
   }
 
-  // The recurrent weight in column strips of two lanes (16 floats / 8 doubles), each strip
-  // [K, strip] contiguous and zero-padded at the end of a block: a step then reads it front to
-  // back (the prefetchers follow; rows of the unpacked matrix are a page apart once N >= 1024),
-  // and a strip stays in L1 while all the step's rows use it.
+  // A weight (W_hh^T, W_hh; W_ih^T and W_ih for the products of all steps' rows) in column
+  // strips of two lanes (16 floats / 8 doubles), each strip [K, strip] contiguous and
+  // zero-padded at the end of a block: a product then reads it front to back (the prefetchers
+  // follow; rows of the unpacked matrix are a page apart once N >= 1024), and a strip stays in
+  // L1 while all the product's rows use it.
   template <class scalar_t>
   static constexpr int64_t strip_width() {
     return 2 * at::vec::Vectorized<scalar_t>::size();
@@ -463,24 +437,59 @@ struct CPUBackend {
     return packed;
   }
 
-  // gemm_weight reads the unpacked weight where there is no packed copy or beyond
-  // kPackedMaxRows rows (with a weight too large for small_gemm).
-  static bool needs_unpacked(const at::Tensor& packed, int64_t rows) {
-    return !packed.defined() || rows > kPackedMaxRows;
+  // The packed kernel takes products of more rows in blocks of at most this many, and of at
+  // most 64K elements of A (256 KB in fp32), so that A's block stays in L2 while every strip of
+  // the weight passes. Per step it runs at 96 GFLOP/s per core here from 4 rows up (K = 128 or
+  // 512), where MKL's sgemm runs at 65-89 (it repacks the weight every call).
+  static constexpr int64_t kPackedMaxRows = 128;
+  static int64_t packed_block_rows(int64_t K) {
+    return std::clamp<int64_t>(64 * 1024 / std::max<int64_t>(K, 1), 6, kPackedMaxRows);
   }
 
-  // Up to this many rows, the packed strips beat the BLAS whatever the weight's size: it would
-  // repack the whole weight every step. (16 before: fastrnns' LSTM, 64 rows and a [512, 2048]
-  // W_hh^T, ran its forward 16% faster with 128, forward+backward 5%, in the same process.)
-  static constexpr int64_t kPackedMaxRows = 128;
+  // out[n] (row n at out + n * ldo) = row n of A (its rows as `rows` says) times w (+ bias) for
+  // the N rows, blocks of rows shared out across threads: the products before and after the
+  // loop that multiply every step's rows by one weight (x W_ih^T + bias, dgates W_ih). On the
+  // packed kernel (at the peak of MKL's sgemm on large ones, 1.6x it at K = 20; no copy of a
+  // strided A), with ATen's BLAS threads not woken for the small ones.
+  template <class scalar_t>
+  static void rows_product(const scalar_t* A, const RowBlocks& rows, int64_t N,
+                           const Weight<scalar_t>& w, const scalar_t* bias, scalar_t* out,
+                           int64_t ldo) {
+    const int64_t grain = std::max(packed_block_rows(w.K),
+                                   kParallelWork / std::max<int64_t>(1, w.K * w.N));
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      rows.segments(begin, end, [&](int64_t n, int64_t off, int64_t count) {
+        gemm_weight(count, 0, w.N, A + off, rows.sb, w, scalar_t(0), out + n * ldo, ldo, bias);
+      });
+    });
+  }
 
+  // With beta == 0, `bias` (if not null; indexed by column, like w's) is added to every row.
   template <class scalar_t>
   static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
-                          const Weight<scalar_t>& w, scalar_t beta, scalar_t* C, int64_t ldc) {
+                          const Weight<scalar_t>& w, scalar_t beta, scalar_t* C, int64_t ldc,
+                          const scalar_t* bias = nullptr) {
     if (m == 0 || c1 <= c0) return;
     const int64_t K = w.K;
-    if (!w.packed || (m > kPackedMaxRows && K * (c1 - c0) > kSmallGemmWeight)) {
+    if (!w.packed) {
+      if (K * (c1 - c0) <= kSmallGemmWeight || !sgemm_) {
+        small_gemm(m, c1 - c0, K, A, lda, int64_t(1), w.data + c0, w.N, beta, C + c0, ldc,
+                   bias ? bias + c0 : nullptr);
+        return;
+      }
+      if (bias && beta == scalar_t(0)) {
+        for (int64_t r = 0; r < m; ++r) copy(C + r * ldc + c0, bias + c0, c1 - c0);
+        beta = scalar_t(1);
+      }
       gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+      return;
+    }
+    const int64_t block_rows = packed_block_rows(K);
+    if (m > block_rows) {  // blocks of rows, so that A's block stays in L2 for all strips
+      for (int64_t r = 0; r < m; r += block_rows) {
+        gemm_weight(std::min(block_rows, m - r), c0, c1, A + r * lda, lda, w, beta, C + r * ldc,
+                    ldc, bias);
+      }
       return;
     }
     constexpr int64_t SW = strip_width<scalar_t>();
@@ -492,42 +501,46 @@ struct CPUBackend {
       for (int64_t j = in_block; j < end; j += SW) {
         const scalar_t* panel = w.packed + (b * strips + j / SW) * K * SW;
         small_gemm(m, std::min(SW, end - j), K, A, lda, int64_t(1), panel, SW, beta,
-                   C + b * w.block + j, ldc);
+                   C + b * w.block + j, ldc, bias ? bias + b * w.block + j : nullptr);
       }
       c = b * w.block + end;
     }
   }
 
-  // The weight and input gradients after the loop, over all N time-major rows. Up to this many
+  // The weight gradients after the loop, over all N time-major rows. Up to this many
   // gate-gradient elements (the seed models) the operands stay in cache and small_gemm beats
-  // MKL, whose tall-skinny products cost 100-300 us here whatever their size.
+  // MKL, whose tall-skinny products cost 100-300 us here whatever their size. Beyond it, the
+  // input projection moves into the loop (without training).
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
   // Multiply-adds per thread below which these products stay on one thread: waking the other
   // threads (and waiting for the last) cost more than 100-200 us of work here. With a 64K grain
   // the toxic model's training step took 25% longer on 2 threads than on 1.
   static constexpr int64_t kParallelWork = 1024 * 1024;
 
-  // The input projection of every step, out [N, G] = x W_ih^T (+ bias [G]), x being the layer's
-  // input ([T, B, I], possibly a view, or packed [N, I]). Small ones (the seed models) on
-  // small_gemm, reading x in place, rows shared out across threads: MKL took 30-100 us for the
-  // toxic model's [4800, 3] x [3, 16], whatever the thread count.
+  // The input projection inside the loop (StepProjection, sequence.h), on the packed kernel,
+  // in chunks of kStepProjectionChunk elements per part (a quarter of a core's L2), for the
+  // layers whose projection would be one MKL product over all steps.
+  static constexpr bool kStepProjection = true;
+  static constexpr int64_t kStepProjectionChunk = 64 * 1024;
+  static bool project_in_loop(const Schedule& s, const LayerDims& d, const at::Tensor& x) {
+    return s.N * d.G > kSmallPostLoop && RowBlocks::of(x).has_value();
+  }
+
+  // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G]), x
+  // being the layer's input ([T, B, I], possibly a view, or packed [N, I]), read in place.
   template <class scalar_t>
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
-    const int64_t K = x.size(-1), G = w_ih.size(0), N = out.size(0);
     const auto rb = RowBlocks::of(x);
-    if (N * G > kSmallPostLoop || !rb) return aten_project_input(x, w_ih, bias, out);
-    const at::Tensor w_t = w_ih.t().contiguous();  // [K, G]
+    if (!rb) return aten_project_input(x, w_ih, bias, out);
+    const int64_t I = w_ih.size(1), G = w_ih.size(0);
+    const at::Tensor packed = pack_weight<scalar_t>(w_ih.t(), G);
+    const at::Tensor w_t = packed.defined() ? at::Tensor() : w_ih.t().contiguous();
     const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      rb->segments(begin, end, [&](int64_t n, int64_t off, int64_t count) {
-        small_gemm<scalar_t>(count, G, K, xp + off, rb->sb, 1, w_t.const_data_ptr<scalar_t>(), G,
-                             scalar_t(0), out.data_ptr<scalar_t>() + n * G, G,
-                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
-      });
-    });
+    rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, out.size(0),
+                           make_weight<scalar_t>(w_t, packed, I, G, G),
+                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                           out.data_ptr<scalar_t>(), G);
   }
 
   // Column sums of dgates [N, G] (a column block of a wider matrix): the bias gradients. Small
@@ -588,18 +601,13 @@ struct CPUBackend {
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                const at::Tensor& input) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
-    if (N * G > kSmallPostLoop || dgates.stride(1) != 1) {
-      return aten_grad_input(dgates, weight, input);
-    }
-    const at::Tensor w = weight.contiguous();
-    const int64_t ld = dgates.stride(0);
+    if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input);
+    const at::Tensor packed = pack_weight<scalar_t>(weight, K);
+    const at::Tensor w = packed.defined() ? at::Tensor() : weight.contiguous();
     at::Tensor grad = at::empty(input.sizes(), input.options());
-    const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, G * K));
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      small_gemm<scalar_t>(end - begin, K, G, dgates.const_data_ptr<scalar_t>() + begin * ld, ld,
-                           1, w.const_data_ptr<scalar_t>(), K, scalar_t(0),
-                           grad.data_ptr<scalar_t>() + begin * K, K);
-    });
+    rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), RowBlocks{1, N, 0, dgates.stride(0)},
+                           N, make_weight<scalar_t>(w, packed, G, K, K), nullptr,
+                           grad.data_ptr<scalar_t>(), K);
     return grad;
   }
 
