@@ -119,10 +119,11 @@ at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
                       const c10::optional<at::Tensor>& b_hh, int64_t H) {
   if (!b_ih && !b_hh) return at::Tensor();
   if (mode != Mode::GRU) {
-    if (b_ih && b_hh) return at::add(*b_ih, *b_hh);
-    return b_ih ? *b_ih : *b_hh;
+    if (b_ih && b_hh) return at::add(*b_ih, *b_hh).contiguous();
+    return (b_ih ? *b_ih : *b_hh).contiguous();
   }
-  at::Tensor bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, b_hh->options());
+  at::Tensor bias = b_ih ? b_ih->clone(at::MemoryFormat::Contiguous)
+                         : at::zeros({3 * H}, b_hh->options());
   if (b_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
   return bias;
 }

@@ -134,12 +134,23 @@ struct Weight {
   int64_t K, N, block;
 };
 
-// `w`: the weight [K, N] row-major, or undefined where only the packed copy is read.
+// A weight [K, N] (any strides) held for one call as the products read it: the backend's
+// packed copy where it makes one, else a row-major copy of the view (a no-op if it is one).
 template <class scalar_t>
-Weight<scalar_t> make_weight(const at::Tensor& w, const at::Tensor& packed, int64_t K, int64_t N,
-                             int64_t block) {
-  return {w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-          packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block};
+struct HeldWeight {
+  at::Tensor data, packed;
+  int64_t K = 0, N = 0, block = 0;
+  Weight<scalar_t> view() const {
+    return {data.defined() ? data.const_data_ptr<scalar_t>() : nullptr,
+            packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block};
+  }
+};
+
+template <class Backend, class scalar_t>
+HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block) {
+  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block);
+  at::Tensor data = packed.defined() ? at::Tensor() : w.contiguous();
+  return {std::move(data), std::move(packed), w.size(0), w.size(1), block};
 }
 
 // The products outside the loop as ATen calls (cuBLAS, or the CPU's BLAS for large layers).
@@ -166,8 +177,8 @@ inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& we
 // Unit parts start at multiples of this many units (two AVX2 lanes of floats).
 constexpr int64_t kUnitAlign = 16;
 
-// Bias folded into the input projection: b_ih + b_hh, except GRU's n gate whose b_hh part
-// stays inside r * (W_hn h + b_hn).
+// Bias folded into the input projection, contiguous: b_ih + b_hh, except GRU's n gate whose
+// b_hh part stays inside r * (W_hn h + b_hn).
 at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
                       const c10::optional<at::Tensor>& b_hh, int64_t H);
 
@@ -197,6 +208,21 @@ struct Part {
 std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t parts);
 // `parts` unit parts, their boundaries multiples of `align` units.
 std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t parts, int64_t align);
+
+// This part's columns of C [m, G] = A W (beta 0): its units of every gate (unit parts), or all
+// G. `bias...`: the CPU's bias for gemm_weight, or nothing.
+template <class Backend, class scalar_t, class... Bias>
+void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A, int64_t lda,
+               const Weight<scalar_t>& w, scalar_t* C, Bias... bias) {
+  if (!part.units_split) {
+    Backend::gemm_weight(m, 0, d.G, A, lda, w, scalar_t(0), C, d.G, bias...);
+    return;
+  }
+  for (int64_t g = 0; g < d.G; g += d.H) {
+    Backend::gemm_weight(m, g + part.u_begin, g + part.u_end, A, lda, w, scalar_t(0), C, d.G,
+                         bias...);
+  }
+}
 
 // The input projection inside the loop (backends with kStepProjection, where
 // project_in_loop says so), where it would otherwise need an [N, G] buffer of its own (without
@@ -241,21 +267,17 @@ int64_t project_chunk(const Schedule& s, const LayerDims& d, bool reverse, const
   const int64_t t_hi = std::max(s.step(first, reverse), s.step(end - 1, reverse));
   scalar_t* ring = p.ring + part.index * p.ring_rows * G;
   // Where each step's rows go, in time order; whether they are one run of time-major rows (the
-  // part has all rows of every step but the last) with x's rows evenly spaced.
-  bool one_run = p.rows.blocks == 1 || p.rows.st == p.rows.rows * p.rows.sb;
+  // part has all rows of every step but the last) with x's rows evenly spaced (one block).
+  bool one_run = p.rows.blocks == 1;
   int64_t pos = 0;
   for (int64_t t = t_lo; t <= t_hi; ++t) {
     xg_at[t] = ring + pos * G;
     pos += part.rows(s, t);
     if (t < t_hi && part.rows(s, t) != s.rows[t]) one_run = false;
   }
-  const int64_t gate_step = part.units_split ? d.H : G;
-  const int64_t c0 = part.units_split ? part.u_begin : 0, c1 = part.units_split ? part.u_end : G;
   auto product = [&](int64_t m, int64_t t) {  // m rows from step t's first
-    const scalar_t* x = p.x + p.rows.offset_of(part.offset(s, t));
-    for (int64_t g = 0; g < G; g += gate_step) {
-      Backend::gemm_weight(m, g + c0, g + c1, x, p.rows.sb, p.w, scalar_t(0), xg_at[t], G, p.bias);
-    }
+    gemm_part<Backend>(part, d, m, p.x + p.rows.offset_of(part.offset(s, t)), p.rows.sb, p.w,
+                       xg_at[t], p.bias);
   };
   if (one_run) {
     product(pos, t_lo);
@@ -301,16 +323,11 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part
       Backend::copy_cols(buf, h_state, n, u0, u1, P);
       h_prev = buf;
       sync();
-      for (int64_t g = 0; g < G; g += H) {  // this part's units of every gate
-        Backend::gemm_weight(n, g + u0, g + u1, h_prev, P, w_hh_t, scalar_t(0), hg, G);
-      }
-    } else {
-      if (Train) {
-        Backend::copy(ws.h_prev + off * P, h_state, n * P);
-        h_prev = ws.h_prev + off * P;
-      }
-      Backend::gemm_weight(n, 0, G, h_prev, P, w_hh_t, scalar_t(0), hg, G);
+    } else if (Train) {
+      Backend::copy(ws.h_prev + off * P, h_state, n * P);
+      h_prev = ws.h_prev + off * P;
     }
+    gemm_part<Backend>(part, d, n, h_prev, P, w_hh_t, hg);
     scalar_t* out = output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
@@ -446,8 +463,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
-  const at::Tensor w_hh_t_packed = Backend::template pack_weight<scalar_t>(a.w_hh.t(), d.H);
-  const at::Tensor w_hh_t = w_hh_t_packed.defined() ? at::Tensor() : a.w_hh.t().contiguous();
+  const HeldWeight<scalar_t> w_hh_t = hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -471,20 +487,18 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const bool in_place = a.train && d.saved_cols() == d.G;
   const std::vector<Part> parts = Backend::plan(s, d);
   c10::optional<StepProjection<scalar_t>> step_proj;
-  at::Tensor w_ih_t, w_ih_t_packed, bias_c, ring;
+  HeldWeight<scalar_t> w_ih_t;
+  at::Tensor ring;
   if constexpr (Backend::kStepProjection) {
     if (!in_place && Backend::project_in_loop(s, d, x)) {
-      w_ih_t_packed = Backend::template pack_weight<scalar_t>(a.w_ih.t(), d.H);
-      if (!w_ih_t_packed.defined()) w_ih_t = a.w_ih.t().contiguous();
-      if (bias.defined()) bias_c = bias.contiguous();
+      w_ih_t = hold_weight<Backend, scalar_t>(a.w_ih.t(), d.H);
       const int64_t chunk = Backend::kStepProjectionChunk;
       int64_t ring_rows = 0;
       for (const Part& p : parts) ring_rows = std::max(ring_rows, chunk_rows(d, p, chunk));
       ring = at::empty({int64_t(parts.size()) * ring_rows * d.G}, opts);
       step_proj = StepProjection<scalar_t>{
           x.const_data_ptr<scalar_t>(), *RowBlocks::of(x),
-          make_weight<scalar_t>(w_ih_t, w_ih_t_packed, d.I, d.G, d.H),
-          bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr, chunk,
+          w_ih_t.view(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, chunk,
           ring.data_ptr<scalar_t>(), ring_rows};
     }
   }
@@ -503,7 +517,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   auto run = [&](auto train, const Part& part, auto& sync) {
     forward_loop<Backend, scalar_t, decltype(train)::value>(
         s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr,
-        make_weight<scalar_t>(w_hh_t, w_hh_t_packed, d.P, d.G, d.H), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
+        w_hh_t.view(), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
         b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
         h_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
@@ -552,15 +566,15 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   at::Tensor dr = at::empty({d.proj ? s.B : 0, d.H}, opts);
 
   if (s.N > 0) {
-    const at::Tensor w_hh = gru ? a.w_hh.roll(d.H, 0) : a.w_hh.contiguous();
-    const at::Tensor w_hh_packed = Backend::template pack_weight<scalar_t>(w_hh, d.P);
+    const HeldWeight<scalar_t> w_hh =
+        hold_weight<Backend, scalar_t>(gru ? a.w_hh.roll(d.H, 0) : a.w_hh, d.P);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
                                s.N);
     Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
       backward_loop<Backend, scalar_t>(
-          s, d, a.reverse, part, sync, make_weight<scalar_t>(w_hh, w_hh_packed, d.G, d.P, d.P),
+          s, d, a.reverse, part, sync, w_hh.view(),
           d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
           dout.const_data_ptr<scalar_t>(),
           dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,

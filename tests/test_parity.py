@@ -241,8 +241,8 @@ def _state_shapes_for(mode, dirs, batch, hidden):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("hidden", [4, 300], ids=["small", "large"])
 def test_batch_first_input(mode, hidden):
-    """A batch-first input is read in place (a time-major view of it) on the small-model path
-    and copied for the BLAS path: both equal to torch.nn."""
+    """A batch-first input is read in place (a time-major view of it) by the products on an
+    unpacked small weight and on a packed one: both equal to torch.nn."""
     ref, fused = make_pair(mode, 3, hidden, batch_first=True, dtype=torch.float32)
     x = torch.randn(7, 30, 3, requires_grad=True)
     assert_same_run(ref, fused, lambda m: m(x), [x], torch.float32)

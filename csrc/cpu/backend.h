@@ -375,16 +375,25 @@ struct CPUBackend {
   // B (the recurrent weight) up to this many elements goes to small_gemm: it stays in L2.
   static constexpr int64_t kSmallGemmWeight = 64 * 1024;
 
+  // With beta == 0, `bias` (if not null) is added to every row: C = A B + bias.
   template <class scalar_t>
   static void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* A, int64_t lda,
-                   const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
+                   const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc,
+                   const scalar_t* bias = nullptr) {
     if (m == 0 || n == 0) return;
-    // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
-    if (k * n > kSmallGemmWeight && blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B,
-                                              int(ldb), A, int(lda), beta, C, int(ldc))) {
-      return;
+    if (k * n > kSmallGemmWeight) {
+      if (bias && beta == scalar_t(0)) {  // the BLAS adds to C = bias
+        for (int64_t r = 0; r < m; ++r) copy(C + r * ldc, bias, n);
+        beta = scalar_t(1);
+        bias = nullptr;
+      }
+      // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
+      if (blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B, int(ldb), A, int(lda), beta,
+                    C, int(ldc))) {
+        return;
+      }
     }
-    small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc);
+    small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc, bias);
   }
 
   // A weight (W_hh^T, W_hh; W_ih^T and W_ih for the products of all steps' rows) in column
@@ -477,16 +486,7 @@ struct CPUBackend {
     if (m == 0 || c1 <= c0) return;
     const int64_t K = w.K;
     if (!w.packed) {
-      if (K * (c1 - c0) <= kSmallGemmWeight || !sgemm_) {
-        small_gemm(m, c1 - c0, K, A, lda, int64_t(1), w.data + c0, w.N, beta, C + c0, ldc,
-                   bias ? bias + c0 : nullptr);
-        return;
-      }
-      if (bias && beta == scalar_t(0)) {
-        for (int64_t r = 0; r < m; ++r) copy(C + r * ldc + c0, bias + c0, c1 - c0);
-        beta = scalar_t(1);
-      }
-      gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+      gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc, bias ? bias + c0 : nullptr);
       return;
     }
     const int64_t block_rows = packed_block_rows(K);
@@ -531,20 +531,18 @@ struct CPUBackend {
     return s.N * d.G > kSmallPostLoop && RowBlocks::of(x).has_value();
   }
 
-  // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G]), x
-  // being the layer's input ([T, B, I], possibly a view, or packed [N, I]), read in place.
+  // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G],
+  // contiguous), x being the layer's input ([T, B, I], possibly a view, or packed [N, I]), read
+  // in place.
   template <class scalar_t>
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
     const auto rb = RowBlocks::of(x);
     if (!rb) return aten_project_input(x, w_ih, bias, out);
-    const int64_t I = w_ih.size(1), G = w_ih.size(0);
-    const at::Tensor packed = pack_weight<scalar_t>(w_ih.t(), G);
-    const at::Tensor w_t = packed.defined() ? at::Tensor() : w_ih.t().contiguous();
-    const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-    rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, out.size(0),
-                           make_weight<scalar_t>(w_t, packed, I, G, G),
-                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+    const int64_t G = w_ih.size(0);
+    const auto w_t = hold_weight<CPUBackend, scalar_t>(w_ih.t(), G);
+    rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, out.size(0), w_t.view(),
+                           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
                            out.data_ptr<scalar_t>(), G);
   }
 
@@ -605,14 +603,12 @@ struct CPUBackend {
   template <class scalar_t>
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                const at::Tensor& input) {
-    const int64_t N = dgates.size(0), G = dgates.size(1), K = weight.size(1);
+    const int64_t N = dgates.size(0), K = weight.size(1);
     if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input);
-    const at::Tensor packed = pack_weight<scalar_t>(weight, K);
-    const at::Tensor w = packed.defined() ? at::Tensor() : weight.contiguous();
+    const auto w = hold_weight<CPUBackend, scalar_t>(weight, K);
     at::Tensor grad = at::empty(input.sizes(), input.options());
     rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), RowBlocks{1, N, 0, dgates.stride(0)},
-                           N, make_weight<scalar_t>(w, packed, G, K, K), nullptr,
-                           grad.data_ptr<scalar_t>(), K);
+                           N, w.view(), nullptr, grad.data_ptr<scalar_t>(), K);
     return grad;
   }
 
