@@ -264,6 +264,25 @@ def test_large_batch_row_blocks(mode, threads):
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("hidden", [256, 300], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_few_rows_wide_layer(mode, hidden, threads, dtype):
+    """A few steps of a small batch through a wide layer: the CPU's products of all rows by one
+    weight (x W_ih^T, dgates W_ih) share the weight's column strips out across threads instead of
+    rows (too few), and the weight gradients come out in whichever orientation fills the vector
+    lanes (256: dW itself; 300 units: dW^T, transposed after), against torch.nn."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, fused = make_pair(mode, hidden, hidden, dtype=dtype)
+        x = torch.randn(2, 8, hidden, dtype=dtype, requires_grad=True)
+        assert_same_run(ref, fused, lambda m: m(x), [x], dtype)
+    finally:
+        torch.set_num_threads(saved)
+
+
 # Where the input projection would need an [N, G] buffer of its own (no autograd; GRU in
 # training) and N * G > 256K (csrc/cpu/backend.h: kSmallPostLoop), the CPU projects chunks of
 # steps inside the loop, each part its own rows or units (sequence.h: project_chunk). Hidden
