@@ -181,7 +181,8 @@ def test_training_steps_match():
 
 
 # Hidden sizes at which the CPU shares each step's units out across threads (W_hh >= 256 KB,
-# >= 32 units per thread; csrc/cpu/backend.h: plan), H not a multiple of the 16-unit alignment.
+# >= 32 units per thread, batch < 8: fewer than 4 rows per thread; csrc/cpu/backend.h: plan), H
+# not a multiple of the 16-unit alignment.
 UNIT_SPLIT_H = {"LSTM": 130, "GRU": 160, "RNN_TANH": 260, "RNN_RELU": 260}
 
 
@@ -248,17 +249,19 @@ def test_batch_first_input(mode, hidden):
     assert_same_run(ref, fused, lambda m: m(x), [x], torch.float32)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 512, 160), ("GRU", 512, 160),
+                                               ("LSTM", 832, 80)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_batch_row_blocks(mode, threads):
-    """More rows per step than one block of the CPU's packed-weight products (B > 128, a large
-    W_hh): the rows go in blocks, forward and backward, on one thread and with units split
-    across two."""
+def test_large_batch_row_blocks(mode, hidden, batch, threads):
+    """More rows per step than one block of the CPU's packed-weight products (64K / H rows, a
+    large W_hh): the rows go in blocks, forward and backward, on one thread, in two row parts
+    (H = 512) and with units split across two (H = 832: 40 rows per thread is fewer than one per
+    256 KB of its 11 MB W_hh)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ref, fused = make_pair(mode, 8, 512)
-        x = torch.randn(3, 160, 8, dtype=torch.float64, requires_grad=True)
+        ref, fused = make_pair(mode, 8, hidden)
+        x = torch.randn(3, batch, 8, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
     finally:
         torch.set_num_threads(saved)
@@ -302,7 +305,7 @@ def test_step_projection(mode, parts, layout, threads):
     torch.set_num_threads(threads)
     try:
         hidden = 40 if parts == "rows" else UNIT_SPLIT_H[mode]
-        batch, inp = 48, 24
+        batch, inp = (48 if parts == "rows" else 6), 24
         gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
         steps = STEP_PROJECTION_SMALL_LOOP // (batch * gates) + 2  # just past the small path
         ref, fused = make_pair(mode, inp, hidden, bidirectional=layout == "packed_bidirectional",
