@@ -477,34 +477,33 @@ struct CPUBackend {
   }
 
   // out[n] (row n at out + n * ldo) = row n of A (its rows as `rows` says) times w (+ bias) for
-  // the N rows, blocks of rows shared out across threads: the products before and after the
-  // loop that multiply every step's rows by one weight (x W_ih^T + bias, dgates W_ih). On the
-  // packed kernel (at the peak of MKL's sgemm on large ones, 1.6x it at K = 20; no copy of a
-  // strided A), with ATen's BLAS threads not woken for the small ones.
+  // the N rows, blocks of rows shared out across threads, or strips of w's columns where there
+  // are too few rows for two blocks (a few steps of a small batch): the products before and
+  // after the loop that multiply every step's rows by one weight (x W_ih^T + bias, dgates W_ih).
+  // On the packed kernel (at the peak of MKL's sgemm on large ones, 1.6x it at K = 20; no copy
+  // of a strided A), with ATen's BLAS threads not woken for the small ones.
   template <class scalar_t>
   static void rows_product(const scalar_t* A, const RowBlocks& rows, int64_t N,
                            const Weight<scalar_t>& w, const scalar_t* bias, scalar_t* out,
                            int64_t ldo) {
+    // Rows [r0, r1), columns [c0, c1).
+    auto run = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      rows.segments(r0, r1, [&](int64_t n, int64_t off, int64_t count) {
+        gemm_weight(count, c0, c1, A + off, rows.sb, w, scalar_t(0), out + n * ldo, ldo, bias);
+      });
+    };
     const int64_t grain = std::max(packed_block_rows(w.K),
                                    kParallelWork / std::max<int64_t>(1, w.K * w.N));
     if (N < 2 * grain && N * w.K * w.N >= 2 * kParallelWork) {
-      // Too few rows to share out (a few steps of a small batch): strips of columns instead.
       constexpr int64_t SW = strip_width<scalar_t>();
       const int64_t strips = (w.N + SW - 1) / SW;
       const int64_t strip_grain = std::max<int64_t>(1, kParallelWork / (N * w.K * SW));
       at::parallel_for(0, strips, strip_grain, [&](int64_t s0, int64_t s1) {
-        const int64_t c0 = s0 * SW, c1 = std::min(w.N, s1 * SW);
-        rows.segments(0, N, [&](int64_t n, int64_t off, int64_t count) {
-          gemm_weight(count, c0, c1, A + off, rows.sb, w, scalar_t(0), out + n * ldo, ldo, bias);
-        });
+        run(0, N, s0 * SW, std::min(w.N, s1 * SW));
       });
       return;
     }
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      rows.segments(begin, end, [&](int64_t n, int64_t off, int64_t count) {
-        gemm_weight(count, 0, w.N, A + off, rows.sb, w, scalar_t(0), out + n * ldo, ldo, bias);
-      });
-    });
+    at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { run(r0, r1, 0, w.N); });
   }
 
   // With beta == 0, `bias` (if not null; indexed by column, like w's) is added to every row.
@@ -714,9 +713,8 @@ struct CPUBackend {
   static std::vector<Part> plan(const Schedule& s, const LayerDims& d) {
     const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
     const int64_t weight_bytes = d.P * d.G * int64_t(sizeof(float));
-    const int64_t rows_per_part = s.B / std::max<int64_t>(threads, 1);
-    const bool few_rows = rows_per_part < std::max(kMinRowsPerPart,
-                                                   weight_bytes / kUnitSplitWeightBytes);
+    const bool few_rows =
+        s.B / threads < std::max(kMinRowsPerPart, weight_bytes / kUnitSplitWeightBytes);
     if (threads > 1 && !d.proj && d.H >= kMinUnitsPerPart * threads &&
         weight_bytes >= kUnitSplitWeightBytes && few_rows) {
       return split_units(s, d, threads, kUnitAlign);
