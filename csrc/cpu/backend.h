@@ -43,12 +43,50 @@ namespace fused_rnn {
 // Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
 // through memory on every call, a third of the tiny models' forward time.
 #define FR_VEC_INLINE __attribute__((always_inline)) static inline
+
+#if defined(CPU_CAPABILITY_AVX2)
+// at::vec's Vectorized<float>::exp_u20 (vec256_float.h), the same arithmetic step for step,
+// always inlined, for the partial-lane types (TailVec, PairVec): there GCC called ATen's out of
+// line through the PLT (12% of the toxic model's backward kernel). Whole lanes keep ATen's,
+// which GCC inlines.
+FR_VEC_INLINE __m256 exp_u20_avx2(__m256 values) {
+  const __m256 log2e = _mm256_castsi256_ps(_mm256_set1_epi32(0x3fb8aa3b));
+  const __m256 ln2 = _mm256_castsi256_ps(_mm256_set1_epi32(0x3f317218));
+  const __m256 ln_flt_min = _mm256_castsi256_ps(_mm256_set1_epi32(0xc2aeac50));
+  const __m256 ln_flt_max = _mm256_castsi256_ps(_mm256_set1_epi32(0x42b17218));
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 too_small = _mm256_cmp_ps(values, ln_flt_min, _CMP_LT_OS);
+  __m256 x = _mm256_max_ps(_mm256_min_ps(values, ln_flt_max), ln_flt_min);
+  // exp(x) = 2^n exp(r), n = floor(x log2(e) + 1/2), r = x - n ln(2)
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, log2e, _mm256_set1_ps(0.5f)));
+  const __m256 r = _mm256_fnmadd_ps(n, ln2, x);
+  __m256 poly = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.166676521f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.499991506f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.999999701f));
+  poly = _mm256_fmadd_ps(r, poly, one);
+  // 2^(n - 1), then times 2 (as ATen: 2^n itself overflows the exponent at n = 128)
+  __m256i bits = _mm256_cvtps_epi32(_mm256_sub_ps(n, one));
+  bits = _mm256_slli_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(127)), 23);
+  const __m256 scale = _mm256_blendv_ps(_mm256_castsi256_ps(bits), _mm256_setzero_ps(), too_small);
+  return _mm256_mul_ps(_mm256_mul_ps(poly, scale), _mm256_set1_ps(2.f));
+}
+#endif
+
 template <class T, class V>
 struct VecMath {
   FR_VEC_INLINE V splat(T v) { return V(v); }
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
-  FR_VEC_INLINE V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
+  FR_VEC_INLINE V exp(V x) { return V::blendv(exp_u20(x), x, x != x); }
+  FR_VEC_INLINE V exp_u20(V x) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float> && !std::is_same_v<V, at::vec::Vectorized<T>>) {
+      return V(at::vec::Vectorized<T>(exp_u20_avx2(x)));
+    }
+#endif
+    return x.exp_u20();  // (double: SLEEF's exp, a call in any case)
+  }
   FR_VEC_INLINE V sigmoid(V x) { return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x)); }
   FR_VEC_INLINE V tanh(V x) { return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1)); }
   // NaN compares false, so it passes through both, as in torch.relu / threshold_backward.
