@@ -119,13 +119,23 @@ def test_fuzz_against_torch(c, data):
 @settings(max_examples=40, deadline=None)
 @given(mode=st.sampled_from(list(MODES)), scale=st.sampled_from([1e2, 1e4, 1e8]),
        special=st.sampled_from(["none", "nan", "inf", "-inf"]), dtype=st.sampled_from(
-           [torch.float32, torch.float64]))
-def test_fuzz_saturation_and_nonfinite(mode, scale, special, dtype):
+           [torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_fuzz_saturation_and_nonfinite(mode, scale, special, dtype, seed):
     """Saturated gates and NaN/Inf inputs give torch.nn's values (NaN where torch.nn has NaN)."""
+    torch.manual_seed(seed)  # the data too, so that hypothesis replays a failure
     ref, fused = make_pair(mode, 3, 9, dtype=dtype, num_layers=2)
     x = torch.randn(6, 2, 3, dtype=dtype) * scale
     if special != "none":
         x[2, 1, 0] = float(special)
     a, b = ref(x)[0], fused(x)[0]
     assert torch.equal(torch.isnan(a), torch.isnan(b))
-    torch.testing.assert_close(b.nan_to_num(0.0), a.nan_to_num(0.0), **TOL[dtype])
+    # Where terms of size `scale` cancel into a pre-activation near 0 (ReLU never saturates;
+    # tanh and sigmoid have slope 1 and 1/4 there), the rounding of either side's sum (its own
+    # order of the terms, ~scale * eps each) reaches the output unattenuated: fp32 at scale 1e8
+    # differs by up to 4.0 (RNN_RELU, seed 11), at 1e4 by 6e-5 (RNN_TANH, seed 161).
+    # Bounded outputs (all but ReLU) keep a 1e-2 cap, so saturated gates are still checked:
+    # terms of 1e8 cancelling to within ~100 of 0 is a one-in-a-million event per element.
+    rounding = 8 * torch.finfo(dtype).eps * scale
+    tol = dict(TOL[dtype])
+    tol["atol"] = max(tol["atol"], rounding if mode == "RNN_RELU" else min(rounding, 1e-2))
+    torch.testing.assert_close(b.nan_to_num(0.0), a.nan_to_num(0.0), **tol)
