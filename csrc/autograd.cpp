@@ -112,7 +112,7 @@ class RNNLayerFunction : public torch::autograd::Function<RNNLayerFunction> {
     at::Tensor grad_output = grads[0], grad_hy = grads[1], grad_cy = grads[2];
     if (!grad_output.defined()) {
       std::vector<int64_t> shape = input.sizes().vec();
-      shape.back() = hx.size(1);
+      shape.back() = hx.size(-1);
       grad_output = at::zeros(shape, input.options());
     }
     if (!grad_hy.defined()) grad_hy = at::zeros_like(hx);

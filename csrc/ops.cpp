@@ -3,12 +3,13 @@
 // rnn_forward runs one layer in one direction over a whole sequence:
 //   input        [T, B, I] (batch_sizes None) or packed [N, I] with batch_sizes [T] (CPU int64,
 //                non-increasing: step t uses the first batch_sizes[t] rows, as in PackedSequence)
-//   hx [B, P], cx [B, H] (LSTM only); P = proj_size or H
+//   hx [B, P], cx [B, H] (LSTM only); P = proj_size or H. Or both with a leading 1 ([1, B, P]),
+//                as a one-layer, one-direction torch.nn module holds them; hy and cy come alike.
 //   mode         "LSTM" | "GRU" | "RNN_TANH" | "RNN_RELU"
 //   reverse      run from the last step to the first (each row from its own last step)
 //   train        save the workspace that rnn_backward needs (otherwise it is empty)
 //   cell_states  LSTM: also return c_t of every step (differentiable)
-// returns output [T, B, P] or [N, P], hy [B, P], cy [B, H] (empty unless LSTM), cell_states
+// returns output [T, B, P] or [N, P], hy like hx, cy like cx (empty unless LSTM), cell_states
 // [T, B, H] or [N, H] (empty unless asked for), workspace.
 //
 // rnn_backward returns the gradients of input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr from the

@@ -136,15 +136,20 @@ std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a) {
   TORCH_CHECK(x.size(-1) == d.I, "input.size(-1) must be equal to input_size. Expected ", d.I,
               ", got ", x.size(-1));
   TORCH_CHECK(a.batch_sizes || x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
-  TORCH_CHECK(a.hx.dim() == 2 && a.hx.size(1) == d.P, "fused_rnn: hx must be [batch, ", d.P,
-              "], got ", a.hx.sizes());
-  const int64_t B = a.hx.size(0);
+  // hx [B, P], or [1, B, P] (a one-layer, one-direction module's h_0 as given: no select
+  // before, no unsqueeze after, and none of their autograd nodes); cx and hy, cy alike.
+  const int64_t state_dim = a.hx.dim();
+  TORCH_CHECK((state_dim == 2 || (state_dim == 3 && a.hx.size(0) == 1)) && a.hx.size(-1) == d.P,
+              "fused_rnn: hx must be [batch, ", d.P, "] or [1, batch, ", d.P, "], got ",
+              a.hx.sizes());
+  const int64_t B = a.hx.size(-2);
   TORCH_CHECK(a.batch_sizes || x.size(1) == B, "Expected hidden size (", B, ", ", d.P,
               ") to match the batch of the input, got batch ", x.size(1));
   if (a.mode == Mode::LSTM) {
-    TORCH_CHECK(a.cx && a.cx->defined() && a.cx->dim() == 2 && a.cx->size(0) == B &&
-                    a.cx->size(1) == d.H,
-                "fused_rnn: cx must be [", B, ", ", d.H, "]");
+    TORCH_CHECK(a.cx && a.cx->defined() && a.cx->dim() == state_dim &&
+                    a.cx->size(-2) == B && a.cx->size(-1) == d.H,
+                "fused_rnn: cx must be shaped like hx, with ", d.H, " features: [",
+                state_dim == 3 ? "1, " : "", B, ", ", d.H, "]");
   }
   auto same = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fused_rnn: ", name, " has dtype ",

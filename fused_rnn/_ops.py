@@ -57,7 +57,7 @@ def workspace_numel(mode: str, rows, hidden: int, state: int, proj: bool):
 def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                       train, cell_states=False):
     hidden = w_ih.shape[0] // gates_of(mode)
-    state = hx.shape[1]
+    state = hx.shape[-1]
     rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
     output = input.new_empty((*input.shape[:-1], state))
     hy = hx.new_empty(hx.shape)

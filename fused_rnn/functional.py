@@ -33,6 +33,9 @@ def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num
         or any(w.requires_grad for w in flat_weights))
     h_n, c_n, cells = [], [], []
     layer_input = input
+    # One layer-direction: the op takes the [1, B, P] states as they are and returns h_n, c_n
+    # in that shape (a select and an unsqueeze fewer each, and their autograd nodes).
+    whole = num_layers * directions == 1
     for layer in range(num_layers):
         outputs = []
         for direction in range(directions):
@@ -42,7 +45,8 @@ def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num
             w_hr = w[-1] if has_proj else None
             last = layer == num_layers - 1
             out, hy, cy, c_all = rnn_layer(
-                mode, layer_input, batch_sizes, hx[index], cx[index] if lstm else None, w[0],
+                mode, layer_input, batch_sizes, hx if whole else hx[index],
+                (cx if whole else cx[index]) if lstm else None, w[0],
                 w[1], b_ih, b_hh, w_hr, reverse=direction == 1, train=train,
                 cell_states=cell_states and last)
             outputs.append(out)
@@ -52,8 +56,8 @@ def rnn(mode: str, input, batch_sizes, hx, cx, flat_weights, has_bias: bool, num
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout != 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    def stack(states):  # one layer-direction: a view, not a copy (a few us on small models)
-        return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states, 0)
+    def stack(states):
+        return states[0] if whole else torch.stack(states, 0)
 
     result = (layer_input, stack(h_n), stack(c_n) if lstm else None)
     if cell_states:

@@ -110,6 +110,52 @@ def test_gradcheck(case):
     assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+STATE_CASES = [c for c in CASES if c["bias"] is True and not c["reverse"]]
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=case_id)
+def test_leading_one_states(case):
+    """hx/cx given as [1, B, *] (how a one-layer module holds them): the same results as [B, *],
+    hy/cy and their gradients shaped like hx/cx; opcheck (fake kernel) and gradcheck."""
+    args = list(layer_args(**case))
+    mode = args[0]
+    flat = torch.ops.fused_rnn.rnn_forward(*args)
+    args3 = list(args)
+    args3[3] = args[3].detach().unsqueeze(0).requires_grad_()
+    if mode == "LSTM":
+        args3[4] = args[4].detach().unsqueeze(0).requires_grad_()
+    out3 = torch.ops.fused_rnn.rnn_forward(*args3)
+    torch.testing.assert_close(out3[0], flat[0], rtol=0, atol=0)
+    assert out3[1].shape == args3[3].shape
+    torch.testing.assert_close(out3[1][0], flat[1], rtol=0, atol=0)
+    if mode == "LSTM":
+        assert out3[2].shape == args3[4].shape
+        torch.testing.assert_close(out3[2][0], flat[2], rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, tuple(args3))
+    states = [args3[3]] + ([args3[4]] if mode == "LSTM" else [])
+
+    def fn(*ts):
+        full = list(args3)
+        full[3:3 + len(ts)] = ts
+        output, hy, cy, _ = _ops.rnn_layer(*full[:10], train=True)
+        return (output, hy, cy) if mode == "LSTM" else (output, hy)
+
+    assert torch.autograd.gradcheck(fn, states, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, B, H), (1, 1, B, H), (H,)])
+def test_bad_state_shapes_raise(shape):
+    args = list(layer_args("LSTM"))
+    args[3] = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="hx must be"):
+        torch.ops.fused_rnn.rnn_forward(*args)
+    args = list(layer_args("LSTM"))
+    args[3] = args[3].detach().unsqueeze(0)
+    args[4] = torch.zeros(B, H, dtype=torch.float64)  # 2-D cx with 3-D hx
+    with pytest.raises(RuntimeError, match="cx must be shaped like hx"):
+        torch.ops.fused_rnn.rnn_forward(*args)
+
+
 def test_backward_without_workspace_raises():
     args = layer_args("LSTM", train=False)
     output, *_ = torch.ops.fused_rnn.rnn_forward(*args)
