@@ -5,15 +5,17 @@
 // 2.8 ms training step of the toxic-comment LSTM went to Python wrappers). torch.compile still
 // traces it: the forward and backward are dispatcher calls with fake kernels (fused_rnn/_ops.py).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <string>
 
 namespace fused_rnn {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using OptTensor = c10::optional<at::Tensor>;
 
@@ -51,32 +53,26 @@ const BackwardOp& backward_op(bool consume) {
   return consume ? consuming : plain;
 }
 
-class RNNLayerFunction : public torch::autograd::Function<RNNLayerFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, c10::string_view mode,
-                               const at::Tensor& input, const OptTensor& batch_sizes,
-                               const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih,
-                               const at::Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
-                               bool train, bool cell_states) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, hy, cy, cells, workspace] =
-        forward_op().call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                          reverse, train, cell_states);
-    // The workspace is saved as a TensorImpl of its own (same storage), which only autograd
-    // holds: whoever holds the returned one, or a view of it, shows in the storage's use count
-    // (owns_workspace below).
-    ctx->save_for_backward({input, or_undefined(batch_sizes), hx, or_undefined(cx), w_ih, w_hh,
-                            or_undefined(b_ih), or_undefined(b_hh), or_undefined(w_hr),
-                            workspace.variable_data()});
-    ctx->saved_data["mode"] = std::string(mode);
-    ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["train"] = train;
-    ctx->saved_data["cell_states"] = cell_states;
-    ctx->mark_non_differentiable({workspace});
-    // The backward handles undefined output gradients itself (no zeros the size of the outputs).
-    ctx->set_materialize_grads(false);
-    return {output, hy, cy, cells, workspace};
+// The node rnn_forward records (the generated VariableType code's way: a torch::autograd::Node
+// holding SavedVariables; torch::autograd::Function's context, its saved_data map and its
+// per-output bookkeeping cost ~14 us per call here, more than a tiny model's kernel).
+// Edges: input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr; outputs: output, hy, cy, cell_states.
+struct RNNLayerBackward : public torch::autograd::Node {
+  std::string mode;
+  bool reverse = false, train = false, cell_states = false;
+  SavedVariable input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
+  // Saved as a TensorImpl of its own (same storage), which only this node holds: whoever holds
+  // the returned workspace, or a view of it, shows in the storage's use count (owns_workspace).
+  SavedVariable workspace;
+
+  std::string name() const override { return "RNNLayerBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : {&input, &batch_sizes, &hx, &cx, &w_ih, &w_hh, &b_ih, &b_hh, &w_hr,
+                             &workspace}) {
+      v->reset_data();
+    }
   }
 
   // Whether the backward pass may write its gate gradients over the workspace instead of a new
@@ -97,48 +93,48 @@ class RNNLayerFunction : public torch::autograd::Function<RNNLayerFunction> {
     return workspace.storage().use_count() == 1;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(ctx->saved_data["train"].toBool(),
+  variable_list apply(variable_list&& grads) override {
+    TORCH_CHECK(train,
                 "fused_rnn: rnn_forward was called with train=False, so it saved nothing to "
                 "differentiate; call it with train=True when gradients are needed");
     TORCH_CHECK(!c10::GradMode::is_enabled(),
                 "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient "
                 "penalty with create_graph=True) is not supported; torch.nn's RNNs support it on "
                 "the CPU");
-    auto saved = ctx->get_saved_variables();
-    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    std::lock_guard<std::mutex> lock(mutex_);
+    const c10::intrusive_ptr<Node> self = getptr();
+    const at::Tensor x = input.unpack(self), hx_t = hx.unpack(self), cx_t = cx.unpack(self);
+    const at::Tensor b_ih_t = b_ih.unpack(self), b_hh_t = b_hh.unpack(self);
+    const at::Tensor w_hr_t = w_hr.unpack(self);
+    at::Tensor ws = workspace.unpack(self);
     const bool lstm = mode == "LSTM";
-    const at::Tensor &input = saved[0], &hx = saved[2], &cx = saved[3];
+    // Undefined output gradients (outputs not used) are not materialised by the engine.
     at::Tensor grad_output = grads[0], grad_hy = grads[1], grad_cy = grads[2];
     if (!grad_output.defined()) {
-      std::vector<int64_t> shape = input.sizes().vec();
-      shape.back() = hx.size(-1);
-      grad_output = at::zeros(shape, input.options());
+      std::vector<int64_t> shape = x.sizes().vec();
+      shape.back() = hx_t.size(-1);
+      grad_output = at::zeros(shape, x.options());
     }
-    if (!grad_hy.defined()) grad_hy = at::zeros_like(hx);
-    if (lstm && !grad_cy.defined()) grad_cy = at::zeros_like(cx);
+    if (!grad_hy.defined()) grad_hy = at::zeros_like(hx_t);
+    if (lstm && !grad_cy.defined()) grad_cy = at::zeros_like(cx_t);
     OptTensor grad_cells;
-    if (ctx->saved_data["cell_states"].toBool() && grads[3].defined()) grad_cells = grads[3];
-    const bool consume = owns_workspace(saved[9]);
+    if (cell_states && grads[3].defined()) grad_cells = grads[3];
+    const bool consume = owns_workspace(ws);
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr] = backward_op(consume).call(
-        mode, input, to_optional(saved[1]), hx, to_optional(cx), saved[4], saved[5],
-        to_optional(saved[6]), to_optional(saved[7]), to_optional(saved[8]),
-        ctx->saved_data["reverse"].toBool(), saved[9], grad_output, grad_hy,
+        mode, x, to_optional(batch_sizes.unpack(self)), hx_t, to_optional(cx_t),
+        w_ih.unpack(self), w_hh.unpack(self), to_optional(b_ih_t), to_optional(b_hh_t),
+        to_optional(w_hr_t), reverse, ws, grad_output, grad_hy,
         lstm ? OptTensor(grad_cy) : c10::nullopt, grad_cells);
+    ws.reset();
     const at::Tensor none;
-    return {none,
-            g_input,
-            none,
+    return {g_input,
             g_hx,
-            cx.defined() ? g_cx : none,
+            cx_t.defined() ? g_cx : none,
             g_w_ih,
             g_w_hh,
-            saved[6].defined() ? g_b_ih : none,
-            saved[7].defined() ? g_b_hh : none,
-            saved[8].defined() ? g_w_hr : none,
-            none,
-            none,
-            none};
+            b_ih_t.defined() ? g_b_ih : none,
+            b_hh_t.defined() ? g_b_hh : none,
+            w_hr_t.defined() ? g_w_hr : none};
   }
 };
 
@@ -147,14 +143,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
     const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
     bool train, bool cell_states) {
-  if (!c10::GradMode::is_enabled()) {  // nothing to record: skip the autograd Function
+  const at::Tensor cx_t = or_undefined(cx), b_ih_t = or_undefined(b_ih);
+  const at::Tensor b_hh_t = or_undefined(b_hh), w_hr_t = or_undefined(w_hr);
+  const bool record = c10::GradMode::is_enabled() &&
+                      torch::autograd::compute_requires_grad(input, hx, cx_t, w_ih, w_hh, b_ih_t,
+                                                             b_hh_t, w_hr_t);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op().call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                             reverse, train, cell_states);
+    out = forward_op().call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                            reverse, train, cell_states);
   }
-  auto out = RNNLayerFunction::apply(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                     w_hr, reverse, train, cell_states);
-  return {out[0], out[1], out[2], out[3], out[4]};
+  if (!record) return out;  // nothing to differentiate: no node
+  auto node = c10::make_intrusive<RNNLayerBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, hx, cx_t, w_ih, w_hh, b_ih_t,
+                                                           b_hh_t, w_hr_t));
+  node->mode = std::string(mode);
+  node->reverse = reverse;
+  node->train = train;
+  node->cell_states = cell_states;
+  node->input = SavedVariable(input, false);
+  node->batch_sizes = SavedVariable(or_undefined(batch_sizes), false);
+  node->hx = SavedVariable(hx, false);
+  node->cx = SavedVariable(cx_t, false);
+  node->w_ih = SavedVariable(w_ih, false);
+  node->w_hh = SavedVariable(w_hh, false);
+  node->b_ih = SavedVariable(b_ih_t, false);
+  node->b_hh = SavedVariable(b_hh_t, false);
+  node->w_hr = SavedVariable(w_hr_t, false);
+  auto& [output, hy, cy, cells, workspace] = out;
+  node->workspace = SavedVariable(workspace.variable_data(), false);
+  // output, hy, cy, cell_states are differentiable (inputs 0-3 of the node); the workspace not.
+  torch::autograd::set_history(output, node);
+  torch::autograd::set_history(hy, node);
+  torch::autograd::set_history(cy, node);
+  torch::autograd::set_history(cells, node);
+  torch::autograd::fire_node_creation_hooks(node);
+  return out;
 }
 
 // The backward ops are not differentiable: with grad mode on and an input that requires grad
