@@ -125,7 +125,6 @@ struct RNNLayerBackward : public torch::autograd::Node {
         w_ih.unpack(self), w_hh.unpack(self), to_optional(b_ih_t), to_optional(b_hh_t),
         to_optional(w_hr_t), reverse, ws, grad_output, grad_hy,
         lstm ? OptTensor(grad_cy) : c10::nullopt, grad_cells);
-    ws.reset();
     const at::Tensor none;
     return {g_input,
             g_hx,
@@ -145,8 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
     bool train, bool cell_states) {
   const at::Tensor cx_t = or_undefined(cx), b_ih_t = or_undefined(b_ih);
   const at::Tensor b_hh_t = or_undefined(b_hh), w_hr_t = or_undefined(w_hr);
-  const bool record = c10::GradMode::is_enabled() &&
-                      torch::autograd::compute_requires_grad(input, hx, cx_t, w_ih, w_hh, b_ih_t,
+  // (false in no_grad mode too)
+  const bool record = torch::autograd::compute_requires_grad(input, hx, cx_t, w_ih, w_hh, b_ih_t,
                                                              b_hh_t, w_hr_t);
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   {

@@ -149,6 +149,9 @@ def test_bad_state_shapes_raise(shape):
     args[3] = torch.zeros(shape, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="hx must be"):
         torch.ops.fused_rnn.rnn_forward(*args)
+
+
+def test_state_dims_must_match_raises():
     args = list(layer_args("LSTM"))
     args[3] = args[3].detach().unsqueeze(0)
     args[4] = torch.zeros(B, H, dtype=torch.float64)  # 2-D cx with 3-D hx
