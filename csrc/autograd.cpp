@@ -12,27 +12,16 @@
 #include <mutex>
 #include <string>
 
+#include "handles.h"
+
 namespace fused_rnn {
 namespace {
 
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-using OptTensor = c10::optional<at::Tensor>;
 
 at::Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : at::Tensor(); }
 OptTensor to_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
-
-using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    c10::string_view, const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
-    const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-    bool, bool, bool);
-
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fused_rnn::rnn_forward", "")
-                             .typed<ForwardSignature>();
-  return op;
-}
 
 using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                      at::Tensor, at::Tensor, at::Tensor>(

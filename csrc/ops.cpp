@@ -18,6 +18,15 @@
 // buffer, which leaves the workspace unusable: the autograd node calls it when the graph is
 // not retained (csrc/autograd.cpp). Its `mode` is named `cell` because torch.compile's wrapper
 // of mutating ops (auto_functionalized) takes a keyword argument `mode` of its own.
+//
+// rnn runs a stack of layers (torch.nn's RNN modules' forward after their argument checks, like
+// torch's _VF.lstm): num_layers layers of one or two directions over rnn_forward, `weights`
+// holding w_ih, w_hh[, b_ih, b_hh][, w_hr] per layer and direction in torch.nn's order;
+// hx [L*D, B, P], cx [L*D, B, H] (LSTM), or with L*D = 1 also [B, P] / [B, H] (a cell's);
+// dropout (when `training`) on the output of every layer but the last; batch_first: input and
+// output [B, T, *]. Returns output, h_n like hx, c_n like cx (empty unless LSTM), and the last
+// layer's c_t of every step with cell_states (LSTM; directions concatenated like the output).
+// Composite (csrc/stack.cpp): autograd and torch.compile see the rnn_forward calls.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -35,6 +44,11 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
       "bool train, bool cell_states=False) -> (Tensor output, Tensor hy, Tensor cy, "
       "Tensor cell_states, Tensor workspace)");
+  m.def(
+      "rnn(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, Tensor[] weights, "
+      "bool has_bias, int num_layers, float dropout, bool training, bool bidirectional, "
+      "bool batch_first, bool has_proj, bool cell_states=False) -> (Tensor output, Tensor h_n, "
+      "Tensor c_n, Tensor cell_states)");
   m.def(
       "rnn_backward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "

@@ -106,23 +106,35 @@ def autocast_dtype(device: torch.device):
     return None
 
 
+def device_inputs(input, *tensors):
+    """The op's tensor arguments as the kernels take them: on CUDA, a build check, and under CUDA
+    autocast everything cast to the autocast dtype, as torch.nn's RNNs and cells run there (the
+    ops have no autocast kernels; this is the one place that casts). The CPU needs neither."""
+    if not input.is_cuda:  # (input.device costs ~1 us)
+        return (input, *tensors)
+    check_build(input.device)
+    cast = autocast_dtype(input.device)
+    if cast is None:
+        return (input, *tensors)
+
+    def to(t):
+        if isinstance(t, (list, tuple)):
+            return [to(u) for u in t]
+        return t.to(cast) if t is not None else None
+
+    return tuple(to(t) for t in (input, *tensors))
+
+
 def rnn_layer(mode: str, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
               reverse: bool = False, train: bool | None = None, cell_states: bool = False):
     """One layer, one direction: returns (output, h_n, c_n, cells); c_n is empty unless LSTM,
     cells (c_t of every step, shaped like output with hidden_size features) unless asked for.
 
     `train` (default: whether autograd will need the result) decides whether the workspace that
-    backward reads is kept. Under CUDA autocast everything runs in the autocast dtype; the op
-    itself has no autocast kernel, so this is the one place that casts.
+    backward reads is kept.
     """
-    cast = None
-    if input.is_cuda:  # (input.device costs ~1 us; the CPU needs neither check)
-        check_build(input.device)
-        cast = autocast_dtype(input.device)
-    if cast is not None:  # as torch.nn's RNNs and cells under CUDA autocast: all in `cast`
-        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (
-            t.to(cast) if t is not None else None
-            for t in (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = device_inputs(
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     if train is None:
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad

@@ -118,13 +118,11 @@ class RNNBase(torch.nn.RNNBase):
         else:  # the zero states were made to measure: only the input's checks apply
             self.check_input(input, batch_sizes)
 
-        if not packed and self.batch_first:
-            input = input.transpose(0, 1)
         h0, c0 = hx if lstm else (hx, None)
         output, h_n, c_n, *cells = functional.rnn(
             self.mode, input, batch_sizes, h0, c0, weights, self.bias,
             self.num_layers, self.dropout, self.training, self.bidirectional, self.proj_size > 0,
-            cell_states=cell_states)
+            cell_states=cell_states, batch_first=self.batch_first and not packed)
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
@@ -132,9 +130,6 @@ class RNNBase(torch.nn.RNNBase):
             cells = [PackedSequence(c, batch_sizes, sorted_indices, unsorted_indices)
                      for c in cells]
             return (output, self.permute_hidden(hidden, unsorted_indices), *cells)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-            cells = [c.transpose(0, 1) for c in cells]
         if not batched:
             output = output.squeeze(batch_dim)
             cells = [c.squeeze(batch_dim) for c in cells]

@@ -202,3 +202,130 @@ def test_double_backward_raises():
     output, *_ = _ops.rnn_layer(*args[:10], train=True)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(output.square().sum(), args[1], create_graph=True)
+
+
+# The layer stack (fused_rnn::rnn, csrc/stack.cpp): layers, directions, batch_first, packed.
+STACK_CASES = [
+    dict(mode=m, layers=layers, bidirectional=bi, batch_first=bf, packed=packed, proj=proj,
+         bias=bias, cells=cells)
+    for m in MODES
+    for layers in (1, 2)
+    for bi in (False, True)
+    for bf, packed in ((False, False), (True, False), (False, True))
+    for proj in ([False, True] if m == "LSTM" else [False])
+    for bias in (True, False)
+    for cells in ([False, True] if m == "LSTM" and bias and not proj else [False])
+]
+
+
+def stack_id(c):
+    return "-".join([c["mode"], f"L{c['layers']}"] + [k for k in (
+        "bidirectional", "batch_first", "packed", "proj", "cells") if c[k]]
+        + ([] if c["bias"] else ["nobias"]))
+
+
+def stack_args(mode, layers, bidirectional, batch_first, packed, proj, bias, cells,
+               dropout=0.0, training=False):
+    directions = 2 if bidirectional else 1
+    state = P if proj else H
+    g = _ops.gates_of(mode) * H
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    weights = []
+    for layer in range(layers):
+        inp = I if layer == 0 else state * directions
+        for _ in range(directions):
+            weights += [t(g, inp), t(g, state)] + ([t(g), t(g)] if bias else [])
+            weights += [t(P, H)] if proj else []
+    batch_sizes = torch.tensor([3, 3, 2, 1, 1]) if packed else None
+    x = t(int(batch_sizes.sum()), I) if packed else (t(B, T, I) if batch_first else t(T, B, I))
+    hx = t(layers * directions, B, state)
+    cx = t(layers * directions, B, H) if mode == "LSTM" else None
+    return (mode, x, batch_sizes, hx, cx, weights, bias, layers, dropout, training,
+            bidirectional, batch_first, proj, cells)
+
+
+@pytest.mark.parametrize("case", STACK_CASES, ids=stack_id)
+def test_stack_matches_layer_calls(case):
+    """rnn equals its layers run by hand through rnn_forward: outputs, states and every
+    gradient, bit for bit."""
+    args = stack_args(**case)
+    mode, x, batch_sizes, hx, cx, weights, bias, layers = args[:8]
+    bidirectional, batch_first, proj, cells = args[10:]
+    output, h_n, c_n, c_all = torch.ops.fused_rnn.rnn(*args)
+
+    directions = 2 if bidirectional else 1
+    per = 2 + (2 if bias else 0) + (1 if proj else 0)
+    inp = x.transpose(0, 1) if batch_first else x
+    hs, cs = [], []
+    for layer in range(layers):
+        outs, last_cells = [], []
+        for d in range(directions):
+            i = layer * directions + d
+            w = weights[i * per:(i + 1) * per]
+            out, hy, cy, c_t = _ops.rnn_layer(
+                mode, inp, batch_sizes, hx[i], cx[i] if cx is not None else None, w[0], w[1],
+                w[2] if bias else None, w[3] if bias else None, w[-1] if proj else None,
+                reverse=d == 1, cell_states=cells and layer == layers - 1)
+            outs.append(out)
+            last_cells.append(c_t)
+            hs.append(hy)
+            cs.append(cy)
+        inp = torch.cat(outs, -1)
+    want = [inp.transpose(0, 1) if batch_first else inp, torch.stack(hs)]
+    got = [output, h_n]
+    if mode == "LSTM":
+        want.append(torch.stack(cs))
+        got.append(c_n)
+    else:
+        assert c_n.numel() == 0
+    if cells:
+        c_want = torch.cat(last_cells, -1)
+        want.append(c_want.transpose(0, 1) if batch_first else c_want)
+        got.append(c_all)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    leaves = [t for t in (x, hx, cx, *weights) if t is not None]
+    seeds = [torch.randn_like(w) for w in want]
+    grads_got = torch.autograd.grad(got, leaves, seeds)
+    grads_want = torch.autograd.grad(want, leaves, seeds)
+    for g, w in zip(grads_got, grads_want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+OPCHECK_STACK = [c for c in STACK_CASES if c["bias"] and not c["proj"] and not c["cells"] and (
+    (c["layers"] == 2 and c["bidirectional"] and c["batch_first"])
+    or (c["layers"] == 1 and not c["bidirectional"] and (c["packed"] or c["batch_first"])))]
+
+
+@pytest.mark.parametrize("case", OPCHECK_STACK, ids=stack_id)
+def test_opcheck_stack(case):
+    torch.library.opcheck(torch.ops.fused_rnn.rnn.default, stack_args(**case))
+
+
+def test_stack_dropout_and_bad_weights():
+    """Dropout between layers (training only) draws like torch.nn's; a wrong weight count is a
+    clear error."""
+    args = list(stack_args("GRU", 3, False, False, False, False, True, False, 0.5, True))
+    torch.manual_seed(1)
+    a = torch.ops.fused_rnn.rnn(*args)[0]
+    torch.manual_seed(1)
+    b = torch.ops.fused_rnn.rnn(*args)[0]
+    torch.manual_seed(2)
+    c = torch.ops.fused_rnn.rnn(*args)[0]
+    args[9] = False  # not training: no dropout, no draws
+    d = torch.ops.fused_rnn.rnn(*args)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c) and not torch.equal(a, d)
+    ref = torch.nn.GRU(I, H, num_layers=3, dropout=0.5, dtype=torch.float64)
+    with torch.no_grad():
+        for p, w in zip(ref._flat_weights, args[5]):
+            p.copy_(w)
+    torch.manual_seed(1)
+    ref_out, _ = ref(args[1], args[3])
+    torch.testing.assert_close(a, ref_out)
+    args[5] = args[5][:-1]
+    with pytest.raises(RuntimeError, match="need 12 weights, got 11"):
+        torch.ops.fused_rnn.rnn(*args)

@@ -84,6 +84,11 @@ struct CUDABackend {
   }
 
   template <class scalar_t>
+  static at::Tensor row_major(const at::Tensor& w) {
+    return w.contiguous();
+  }
+
+  template <class scalar_t>
   static void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A, int64_t lda,
                           const Weight<scalar_t>& w, scalar_t beta, scalar_t* C, int64_t ldc) {
     gemm(m, c1 - c0, w.K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
