@@ -472,14 +472,14 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
-  at::Tensor output = at::empty(out_shape, opts);
+  at::Tensor output = Backend::empty(out_shape, opts);
   at::Tensor h_state = contiguous_copy(a.hx);
   at::Tensor c_state =
       d.mode == Mode::LSTM ? contiguous_copy(*a.cx) : at::empty({0}, opts);
-  at::Tensor workspace = at::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
+  at::Tensor workspace = Backend::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
   std::vector<int64_t> cells_shape = x.sizes().vec();
   cells_shape.back() = d.H;
-  at::Tensor cells = a.cell_states ? at::empty(cells_shape, opts) : at::empty({0}, opts);
+  at::Tensor cells = Backend::empty(a.cell_states ? cells_shape : std::vector<int64_t>{0}, opts);
   if (s.N == 0) return {output, h_state, c_state, cells, workspace};
 
   // One GEMM for the input projection of every step, biases folded in.
@@ -499,7 +499,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
       const int64_t chunk = Backend::kStepProjectionChunk;
       int64_t ring_rows = 0;
       for (const Part& p : parts) ring_rows = std::max(ring_rows, chunk_rows(d, p, chunk));
-      ring = at::empty({int64_t(parts.size()) * ring_rows * d.G}, opts);
+      ring = Backend::empty({int64_t(parts.size()) * ring_rows * d.G}, opts);
       step_proj = StepProjection<scalar_t>{
           x.const_data_ptr<scalar_t>(), *RowBlocks::of(x),
           w_ih_t.view(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, chunk,
@@ -508,7 +508,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   }
   // In place in the workspace, or one buffer for all steps (none with a step projection).
   at::Tensor xproj = in_place ? workspace.narrow(0, 0, s.N * d.G).view({s.N, d.G})
-                              : at::empty({step_proj ? 0 : s.N, d.G}, opts);
+                              : Backend::empty({step_proj ? 0 : s.N, d.G}, opts);
   if (!step_proj) Backend::template project_input<scalar_t>(x, a.w_ih, bias, xproj);
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
@@ -565,8 +565,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const bool gru = d.mode == Mode::GRU;
   const int64_t S = d.saved_cols();
   at::Tensor dgates = consume ? workspace.narrow(0, 0, s.N * S).view({s.N, S})
-                              : at::empty({s.N, S}, opts);
-  at::Tensor dh_all = at::empty({d.proj ? s.N : 0, d.P}, opts);
+                              : Backend::empty({s.N, S}, opts);
+  at::Tensor dh_all = Backend::empty({d.proj ? s.N : 0, d.P}, opts);
   at::Tensor dr = at::empty({d.proj ? s.B : 0, d.H}, opts);
 
   if (s.N > 0) {

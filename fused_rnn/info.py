@@ -27,3 +27,15 @@ def backend_info() -> dict:
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
     }
+
+
+def empty_cache() -> int:
+    """Frees the CPU buffers that fused_rnn keeps for reuse (csrc/cpu/buffer_pool.h: the large
+    buffers of a layer call, which it would otherwise take as freshly faulted pages on every
+    call); returns how many bytes that released. At most 512 MB are ever kept."""
+    return torch.ops.fused_rnn.empty_cache()
+
+
+def cached_bytes() -> int:
+    """Bytes of CPU buffers that fused_rnn holds for reuse now."""
+    return torch.ops.fused_rnn.cache_bytes()

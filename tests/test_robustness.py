@@ -52,6 +52,60 @@ def test_no_memory_growth_over_iterations():
     assert _rss_mb() - before < 20, f"peak RSS grew from {before:.0f} MB to {_rss_mb():.0f} MB"
 
 
+def test_buffer_pool_reuses_and_releases():
+    """The large buffers of a call come back for the next one (fused_rnn.cached_bytes), a buffer
+    still held is never handed out again, pooled tensors behave like any (resize_, in-place
+    ops, numpy), and empty_cache releases the pool."""
+    model = fused_rnn.LSTM(32, 64, num_layers=2)
+    x = torch.randn(50, 16, 32, requires_grad=True)
+
+    def step():
+        out, (h, c) = model(x)
+        (out.sum() + h.sum()).backward()
+        return out
+
+    fused_rnn.empty_cache()
+    assert fused_rnn.cached_bytes() == 0
+    step()
+    cached = fused_rnn.cached_bytes()
+    assert cached > 0  # the workspaces, outputs and gradients went back
+    for _ in range(5):
+        step()
+    assert fused_rnn.cached_bytes() <= 2 * cached  # reused, not accumulated
+    kept = step().detach()  # 50 x 16 x 64 floats: a pooled buffer, still held
+    snapshot = kept.clone()
+    for _ in range(3):
+        step()
+    assert torch.equal(kept, snapshot)  # nobody else wrote into it
+    kept.add_(1).resize_(60, 16, 64)  # a pooled tensor resized: the pool allocates and copies
+    torch.testing.assert_close(kept[:50], snapshot + 1)
+    assert kept.numpy().shape == (60, 16, 64)
+    del kept
+    assert fused_rnn.empty_cache() > 0
+    assert fused_rnn.cached_bytes() == 0
+    torch.testing.assert_close(step(), model(x)[0])  # and it runs on after
+
+
+def test_buffer_pool_across_threads():
+    """Buffers allocated on one thread and freed on another (autograd's, a DataLoader's)."""
+    model = fused_rnn.GRU(32, 64)
+    x = torch.randn(40, 8, 32)
+    outs = []
+
+    def work():
+        for _ in range(20):
+            outs.append(model(x)[0])
+            if len(outs) > 4:
+                outs.pop(0)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.testing.assert_close(outs[-1], model(x)[0])
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_workspace_size_is_documented_formula(mode):
     """The training workspace of a layer is (saved gates + h_{t-1} [+ c_{t-1}] [+ r]) per token,

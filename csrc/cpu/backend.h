@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../cells.h"
+#include "buffer_pool.h"
 
 // The BLAS inside libtorch_cpu (MKL on x86-64, OpenBLAS elsewhere), called directly: the per-step
 // GEMMs are small and ATen's dispatch would cost more than they do. ATen does not export its
@@ -406,6 +407,12 @@ struct CPUBackend {
   struct DeviceGuard {
     explicit DeviceGuard(c10::Device) {}
   };
+  // The large buffers of a call (outputs, workspace, gradients, packed weights) come from the
+  // pool (buffer_pool.h): reused memory instead of freshly faulted pages on every call.
+  static at::Tensor empty(c10::IntArrayRef sizes, const c10::TensorOptions& options) {
+    return pooled_empty(sizes, options);
+  }
+
   // Rows per parallel_for task are chosen so a task has at least this many elements: below it
   // the fork/join costs more than the work (seed-sized models have 4-128 hidden units).
   static constexpr int64_t kPointwiseGrain = 16384;
@@ -461,7 +468,7 @@ struct CPUBackend {
     const at::Tensor w = transposed ? weight : weight.contiguous();
     const int64_t ld = transposed ? w.stride(1) : w.stride(0);
     const int64_t strips = (block + SW - 1) / SW;
-    at::Tensor packed = at::empty({blocks * strips * K * SW}, w.options());
+    at::Tensor packed = empty({blocks * strips * K * SW}, w.options());
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = packed.data_ptr<scalar_t>();
     // Strips shared out across threads (a fifth of a batch-16 forward's serial time at H = 512).
@@ -676,7 +683,7 @@ struct CPUBackend {
     // [128, 512] result cost ~65 us here, half a batch-16, 5-step LSTM's backward kernel.)
     const bool transposed = lane_fill<scalar_t>(G) > lane_fill<scalar_t>(K);
     const int64_t rows = transposed ? K : G, cols = transposed ? G : K;
-    at::Tensor out = at::empty({rows, cols}, dgates.options());
+    at::Tensor out = empty({rows, cols}, dgates.options());
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -708,7 +715,7 @@ struct CPUBackend {
     const int64_t N = dgates.size(0), K = weight.size(1);
     if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input);
     const auto w = hold_weight<CPUBackend, scalar_t>(weight, K);
-    at::Tensor grad = at::empty(input.sizes(), input.options());
+    at::Tensor grad = empty(input.sizes(), input.options());
     rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), RowBlocks{1, N, 0, dgates.stride(0)},
                            N, w.view(), nullptr, grad.data_ptr<scalar_t>(), K);
     return grad;

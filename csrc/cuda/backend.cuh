@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <cublas_v2.h>
 #include <c10/cuda/CUDAException.h>
@@ -81,6 +82,10 @@ struct CUDABackend {
   template <class scalar_t>
   static at::Tensor pack_weight(const at::Tensor&, int64_t) {
     return at::Tensor();
+  }
+
+  static at::Tensor empty(c10::IntArrayRef sizes, const c10::TensorOptions& options) {
+    return at::empty(sizes, options);  // the CUDA caching allocator's
   }
 
   template <class scalar_t>
