@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/cpu/vec/vec_n.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -82,7 +83,8 @@ struct VecMath {
   FR_VEC_INLINE V exp(V x) { return V::blendv(exp_u20(x), x, x != x); }
   FR_VEC_INLINE V exp_u20(V x) {
 #if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float> && !std::is_same_v<V, at::vec::Vectorized<T>>) {
+    if constexpr (std::is_same_v<T, float> && !std::is_same_v<V, at::vec::Vectorized<T>> &&
+                  !std::is_same_v<V, at::vec::VectorizedN<T, 2>>) {
       return V(at::vec::Vectorized<T>(exp_u20_avx2(x)));
     }
 #endif
@@ -98,6 +100,18 @@ struct VecMath {
 template <class T>
 struct Math<at::vec::Vectorized<T>> : VecMath<T, at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
+  static V load(const T* p, int64_t /*ld*/) { return V::loadu(p); }
+  static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
+};
+
+// Two lanes side by side (each operation on both before the next): a cell's chain of
+// dependent operations (exp, a division, then c_t, tanh(c_t), another division) ran one lane at
+// a time at about its latency, not the core's throughput; with two independent chains
+// interleaved the out-of-order core overlaps them. Every element gets the same operations as
+// with one lane, so results are bit-identical.
+template <class T>
+struct Math<at::vec::VectorizedN<T, 2>> : VecMath<T, at::vec::VectorizedN<T, 2>> {
+  using V = at::vec::VectorizedN<T, 2>;
   static V load(const T* p, int64_t /*ld*/) { return V::loadu(p); }
   static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
 };
@@ -748,7 +762,11 @@ struct CPUBackend {
     const int tail = int(col_end - vec_end);
     auto rows_range = [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        for (int64_t j = col_begin; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
+        int64_t j = col_begin;
+        for (; j + 2 * Vec::size() <= vec_end; j += 2 * Vec::size()) {
+          f.template apply<at::vec::VectorizedN<T, 2>>(b, j);
+        }
+        for (; j < vec_end; j += Vec::size()) f.template apply<Vec>(b, j);
       }
       if (tail > 0) apply_tail(f, begin, end, vec_end, tail, std::make_integer_sequence<int, Vec::size()>{});
     };
