@@ -553,13 +553,25 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
               "train=False?)");
   const at::Tensor& x = a.input;
   auto opts = x.options();
-  const at::Tensor dout = grad_output.contiguous().view({s.N, d.P});
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = d.P;
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(out_shape), "fused_rnn: grad_output must be ",
+              c10::IntArrayRef(out_shape), " (the output's shape), got ", grad_output.sizes());
+  TORCH_CHECK(grad_hy.sizes() == a.hx.sizes(), "fused_rnn: grad_hy must be shaped like hx ",
+              a.hx.sizes(), ", got ", grad_hy.sizes());
+  TORCH_CHECK(d.mode != Mode::LSTM || (grad_cy && grad_cy->sizes() == a.cx->sizes()),
+              "fused_rnn: grad_cy must be shaped like cx");
+  const at::Tensor dout = Backend::contiguous(grad_output);
   at::Tensor dh_state = contiguous_copy(grad_hy);
   at::Tensor dc_state =
       d.mode == Mode::LSTM ? contiguous_copy(*grad_cy) : at::empty({0}, opts);
   at::Tensor dc_all;
   if (d.mode == Mode::LSTM && grad_cell_states && grad_cell_states->defined()) {
-    dc_all = grad_cell_states->contiguous().view({s.N, d.H});
+    out_shape.back() = d.H;
+    TORCH_CHECK(grad_cell_states->sizes() == c10::IntArrayRef(out_shape),
+                "fused_rnn: grad_cell_states must be ", c10::IntArrayRef(out_shape), ", got ",
+                grad_cell_states->sizes());
+    dc_all = Backend::contiguous(*grad_cell_states);
   }
 
   const bool gru = d.mode == Mode::GRU;

@@ -88,6 +88,8 @@ struct CUDABackend {
     return at::empty(sizes, options);  // the CUDA caching allocator's
   }
 
+  static at::Tensor contiguous(const at::Tensor& t) { return t.contiguous(); }
+
   template <class scalar_t>
   static at::Tensor row_major(const at::Tensor& w) {
     return w.contiguous();
