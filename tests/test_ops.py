@@ -329,3 +329,35 @@ def test_stack_dropout_and_bad_weights():
     args[5] = args[5][:-1]
     with pytest.raises(RuntimeError, match="need 12 weights, got 11"):
         torch.ops.fused_rnn.rnn(*args)
+
+
+@pytest.mark.parametrize("layout", ["broadcast", "transposed", "strided"])
+def test_backward_reads_any_output_gradient_layout(layout):
+    """grad_output as sum() gives it (a broadcast), as a batch-first model's (transposed) or a
+    slice's: the same gradients as from its contiguous copy."""
+    args = layer_args("LSTM", cells=True, requires_grad=False)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    shape = output.shape
+    grad = {"broadcast": torch.full((), 0.7, dtype=torch.float64).expand(shape),
+            "transposed": torch.randn(shape[1], shape[0], shape[2],
+                                      dtype=torch.float64).transpose(0, 1),
+            "strided": torch.randn(*shape[:-1], 2 * shape[-1], dtype=torch.float64)[..., ::2]}
+    grad = grad[layout]
+    grad_cells = grad[..., :1].expand(cells.shape) if layout == "broadcast" else grad.flip(-1)
+    rest = (torch.randn_like(hy), torch.randn_like(cy))
+    got = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, grad, *rest, grad_cells)
+    want = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, grad.contiguous(), *rest,
+                                            grad_cells.contiguous())
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("which", ["grad_output", "grad_hy", "grad_cy", "grad_cell_states"])
+def test_backward_checks_gradient_shapes(which):
+    args = layer_args("LSTM", cells=True, requires_grad=False)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grads = dict(grad_output=torch.randn_like(output), grad_hy=torch.randn_like(hy),
+                 grad_cy=torch.randn_like(cy), grad_cell_states=torch.randn_like(cells))
+    grads[which] = grads[which][..., :-1]
+    with pytest.raises(RuntimeError, match=f"{which} must be"):
+        torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads.values())
