@@ -17,6 +17,9 @@
 //                                                                  the loop (StepProjection)
 //   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w, input),
 //   column_sums<scalar_t>(dgates)                                  after the loop
+//   concurrently(product, a, b)                                    a() and b(), independent,
+//                                                                  at once where it pays
+//   empty(sizes, options), contiguous(t), row_major<scalar_t>(w)   its buffers, its copies
 // Everything else outside the loop is a handful of ATen calls, which run on either device.
 //
 // Variable lengths: rows are sorted by length, longest first (a PackedSequence's order), and
@@ -606,19 +609,26 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const at::Tensor dgates_x = dgates.narrow(1, S - d.G, d.G);
   const at::Tensor dgates_h = dgates.narrow(1, 0, d.G);
   const at::Tensor h_prev = workspace.narrow(0, s.N * S, s.N * d.P).view({s.N, d.P});
-  at::Tensor grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
-  at::Tensor grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
-  at::Tensor grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
   // Bias gradients: column sums of the gate gradients. Both biases of LSTM/RNN meet the same
   // pre-activation; GRU's b_hh meets the recurrent side (n gate inside r * (...)).
-  at::Tensor sum_x;
-  if (a.b_ih || (a.b_hh && !gru)) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
+  const bool sum_input_side = a.b_ih || (a.b_hh && !gru);
+  at::Tensor grad_input, grad_w_ih, grad_w_hh, sum_x, sum_h;
+  // The input side and the recurrent side are independent: the backend may run them at once
+  // (given the multiply-adds of the largest product).
+  Backend::concurrently(
+      s.N * d.G * std::max(d.I, d.P),
+      [&] {
+        grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
+        grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
+      },
+      [&] {
+        grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
+        if (sum_input_side) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
+        if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
+      });
   at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
-  if (a.b_hh) {
-    grad_b_hh = gru ? Backend::template column_sums<scalar_t>(dgates_h)
-                    : (a.b_ih ? sum_x.clone() : sum_x);
-  }
+  if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);
   if (gru) {  // back from the order n, r, z to r, z, n
     grad_w_hh = grad_w_hh.roll(-d.H, 0);
     if (a.b_hh) grad_b_hh = grad_b_hh.roll(-d.H, 0);

@@ -662,6 +662,25 @@ struct CPUBackend {
   // the toxic model's training step took 25% longer on 2 threads than on 1.
   static constexpr int64_t kParallelWork = 1024 * 1024;
 
+  // a() and b() (independent post-loop work: the input side's products, the recurrent side's)
+  // one per thread, where each of their products would run on one thread anyway (`product`,
+  // the multiply-adds of the largest, below 2 * kParallelWork) and they pay for the parallel
+  // region (kConcurrentMin): the toxic model's backward spent a third of its time in them with
+  // the other thread waiting. Larger products share themselves out across the threads.
+  static constexpr int64_t kConcurrentMin = 32 * 1024;
+  template <class A, class B>
+  static void concurrently(int64_t product, const A& a, const B& b) {
+    if (product >= 2 * kParallelWork || product < kConcurrentMin || at::get_num_threads() < 2 ||
+        at::in_parallel_region()) {
+      a();
+      b();
+      return;
+    }
+    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) i == 0 ? a() : b();
+    });
+  }
+
   // The input projection inside the loop (StepProjection, sequence.h), on the packed kernel,
   // in chunks of kStepProjectionChunk elements per part (a quarter of a core's L2), for the
   // layers whose projection would be one MKL product over all steps.

@@ -90,6 +90,12 @@ struct CUDABackend {
 
   static at::Tensor contiguous(const at::Tensor& t) { return t.contiguous(); }
 
+  template <class A, class B>
+  static void concurrently(int64_t, const A& a, const B& b) {
+    a();
+    b();
+  }
+
   template <class scalar_t>
   static at::Tensor row_major(const at::Tensor& w) {
     return w.contiguous();
