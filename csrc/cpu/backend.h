@@ -4,6 +4,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/cpu/vec/vec_n.h>
 #include <ATen/ops/empty.h>
@@ -676,7 +677,12 @@ struct CPUBackend {
       b();
       return;
     }
+    // The tasks make ATen calls (allocations; ATen's products in fallbacks): on the worker thread
+    // they run in the caller's grad mode and dispatch state (a backward op's products must not
+    // record autograd nodes), which at::parallel_for does not carry over by itself.
+    const at::ThreadLocalState state;
     at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      at::ThreadLocalStateGuard guard(state);
       for (int64_t i = begin; i < end; ++i) i == 0 ? a() : b();
     });
   }
