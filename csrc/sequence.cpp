@@ -125,20 +125,23 @@ at::Tensor input_bias(Mode mode, const c10::optional<at::Tensor>& b_ih,
   const at::Tensor& any = b_ih ? *b_ih : *b_hh;
   // b_hh's part: all of it, or GRU's r and z rows.
   const int64_t hh_rows = mode == Mode::GRU ? 2 * H : any.size(0);
-  if (any.is_cpu() && (!b_ih || b_ih->is_contiguous()) && (!b_hh || b_hh->is_contiguous())) {
+  if (any.is_cpu()) {
     // A loop: ATen's add (and GRU's clone, narrow and add_) cost 1-3 us per call here, a tenth
-    // of a small model's forward op.
+    // of a small model's forward op. (contiguous(): a no-op for a module's parameters.)
+    const at::Tensor ih_t = b_ih ? b_ih->contiguous() : at::Tensor();
+    const at::Tensor hh_t = b_hh ? b_hh->contiguous() : at::Tensor();
     at::Tensor bias = at::empty({any.size(0)}, any.options());
     AT_DISPATCH_FLOATING_TYPES(any.scalar_type(), "fused_rnn input_bias", [&] {
       scalar_t* out = bias.data_ptr<scalar_t>();
-      const scalar_t* ih = b_ih ? b_ih->const_data_ptr<scalar_t>() : nullptr;
-      const scalar_t* hh = b_hh ? b_hh->const_data_ptr<scalar_t>() : nullptr;
+      const scalar_t* ih = b_ih ? ih_t.const_data_ptr<scalar_t>() : nullptr;
+      const scalar_t* hh = b_hh ? hh_t.const_data_ptr<scalar_t>() : nullptr;
       for (int64_t i = 0; i < bias.size(0); ++i) {
         out[i] = (ih ? ih[i] : scalar_t(0)) + (hh && i < hh_rows ? hh[i] : scalar_t(0));
       }
     });
     return bias;
   }
+  // Other devices: ATen's ops.
   if (mode != Mode::GRU) {
     if (b_ih && b_hh) return at::add(*b_ih, *b_hh).contiguous();
     return any.contiguous();

@@ -14,6 +14,7 @@
 #include <ATen/ops/stack.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "handles.h"
@@ -36,11 +37,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_stack(
   TORCH_CHECK(!lstm || (cx && cx->defined()), "fused_rnn: LSTM needs cx");
   TORCH_CHECK(!batch_first || !batch_sizes, "fused_rnn: batch_first is for padded input only");
   // Whether autograd will need the results: the layers then keep their workspaces.
-  bool train = c10::GradMode::is_enabled() &&
-               (input.requires_grad() || hx.requires_grad() || (lstm && cx->requires_grad()));
-  for (size_t i = 0; i < weights.size() && !train; ++i) {
-    train = c10::GradMode::is_enabled() && weights[i].requires_grad();
-  }
+  const bool train =
+      c10::GradMode::is_enabled() &&
+      (input.requires_grad() || hx.requires_grad() || (lstm && cx->requires_grad()) ||
+       std::any_of(weights.begin(), weights.end(), [](const at::Tensor& w) {
+         return w.requires_grad();
+       }));
   // One layer-direction: the op takes the states as given ([1, B, P], or a cell's [B, P]) and
   // returns h_n, c_n in that shape (a select and a stack fewer, and their autograd nodes).
   const bool whole = num_layers * directions == 1;
