@@ -9,8 +9,10 @@
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "handles.h"
 
@@ -19,6 +21,30 @@ namespace {
 
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// How autograd holds its nodes: c10::intrusive_ptr since torch 2.14, std::shared_ptr before (the
+// GPU machine's torch 2.11). Node::getptr() says which; nothing below names the pointer type.
+using NodePtr = decltype(std::declval<torch::autograd::Node&>().getptr());
+constexpr bool kSharedNodes = std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>;
+
+template <class T>
+auto make_node() {
+  if constexpr (kSharedNodes) {
+    // torch::autograd::deleteNode as generated code uses it (it frees long chains without deep
+    // recursion), found by argument-dependent lookup: torch 2.14 has no such function.
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<T>();
+  }
+}
+
+// torch::autograd::fire_node_creation_hooks(const NodePtr&) where torch has it (found by
+// argument-dependent lookup, and preferred to this template as an exact non-template match);
+// older torch has no node creation hooks, and this does nothing.
+template <class P>
+void fire_node_creation_hooks(const P&) {}
+
+void node_created(const NodePtr& node) { fire_node_creation_hooks(node); }
 
 at::Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : at::Tensor(); }
 OptTensor to_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
@@ -91,7 +117,7 @@ struct RNNLayerBackward : public torch::autograd::Node {
                 "penalty with create_graph=True) is not supported; torch.nn's RNNs support it on "
                 "the CPU");
     std::lock_guard<std::mutex> lock(mutex_);
-    const c10::intrusive_ptr<Node> self = getptr();
+    const NodePtr self = getptr();
     const at::Tensor x = input.unpack(self), hx_t = hx.unpack(self), cx_t = cx.unpack(self);
     const at::Tensor b_ih_t = b_ih.unpack(self), b_hh_t = b_hh.unpack(self);
     const at::Tensor w_hr_t = w_hr.unpack(self);
@@ -143,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
                             reverse, train, cell_states);
   }
   if (!record) return out;  // nothing to differentiate: no node
-  auto node = c10::make_intrusive<RNNLayerBackward>();
+  auto node = make_node<RNNLayerBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, hx, cx_t, w_ih, w_hh, b_ih_t,
                                                            b_hh_t, w_hr_t));
   node->mode = std::string(mode);
@@ -166,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
   torch::autograd::set_history(hy, node);
   torch::autograd::set_history(cy, node);
   torch::autograd::set_history(cells, node);
-  torch::autograd::fire_node_creation_hooks(node);
+  node_created(node);
   return out;
 }
 

@@ -18,8 +18,12 @@
 
 #if defined(__CUDACC__)
 #define FR_HD __host__ __device__ __forceinline__
+// The time loops (sequence.h): run by the host, or inside one CUDA kernel per layer
+// (cuda/block_loop.cuh), where a thread block runs the whole loop on its rows.
+#define FR_LOOP __host__ __device__
 #else
 #define FR_HD inline
+#define FR_LOOP
 #endif
 
 namespace fused_rnn {

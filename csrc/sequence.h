@@ -20,6 +20,9 @@
 //   concurrently(product, a, b)                                    a() and b(), independent,
 //                                                                  at once where it pays
 //   empty(sizes, options), contiguous(t), row_major<scalar_t>(w)   its buffers, its copies
+//   fused_forward<scalar_t>(s, d, reverse, train, ForwardBuffers)  the whole loop run its own way
+//   fused_backward<scalar_t>(s, d, reverse, BackwardBuffers)       (true), or not (false: the
+//                                                                  loops below, step by step)
 // Everything else outside the loop is a handful of ATen calls, which run on either device.
 //
 // Variable lengths: rows are sorted by length, longest first (a PackedSequence's order), and
@@ -58,6 +61,15 @@ struct Schedule {
   int64_t step(int64_t s, bool reverse) const { return reverse ? T - 1 - s : s; }
 };
 
+// The same schedule where a device reads it (cuda/block_loop.cuh): rows and offsets as arrays.
+struct ScheduleView {
+  const int64_t* rows;
+  const int64_t* offset;
+  int64_t T, B, N;
+
+  FR_HD int64_t step(int64_t s, bool reverse) const { return reverse ? T - 1 - s : s; }
+};
+
 Schedule make_schedule(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
                        int64_t batch);
 
@@ -67,9 +79,9 @@ struct LayerDims {
   int64_t I, H, P, G;  // input size, hidden size, state size (proj_size or H), gate rows (G*H)
   bool proj;
 
-  int64_t saved_cols() const { return saved_of(mode) * H; }
+  FR_HD int64_t saved_cols() const { return saved_of(mode) * H; }
   // Per time-major row of the workspace: saved gates | h_{t-1} | c_{t-1} (LSTM) | r (projected)
-  int64_t ws_cols() const {
+  FR_HD int64_t ws_cols() const {
     return saved_cols() + P + (mode == Mode::LSTM ? H : 0) + (proj ? H : 0);
   }
 };
@@ -85,7 +97,7 @@ struct WorkspaceView {
   scalar_t* r;
 
   // Each part is its own [N, cols] block, one after another, in the order of ws_cols().
-  WorkspaceView(scalar_t* base, const LayerDims& d, int64_t N) {
+  FR_HD WorkspaceView(scalar_t* base, const LayerDims& d, int64_t N) {
     gates = base;
     h_prev = gates + N * d.saved_cols();
     c_prev = h_prev + N * d.P;
@@ -204,10 +216,14 @@ struct Part {
   bool units_split = false;
   int64_t index = 0;  // in the plan
   // Rows of this part active at step t, and where they start in the time-major buffers.
-  int64_t rows(const Schedule& s, int64_t t) const {
-    return std::max<int64_t>(0, std::min(s.rows[t], end) - begin);
+  // (S: Schedule, or ScheduleView on a device.)
+  template <class S>
+  FR_HD int64_t rows(const S& s, int64_t t) const {
+    const int64_t active = s.rows[t] < end ? s.rows[t] : end;
+    return active > begin ? active - begin : 0;
   }
-  int64_t offset(const Schedule& s, int64_t t) const { return s.offset[t] + begin; }
+  template <class S>
+  FR_HD int64_t offset(const S& s, int64_t t) const { return s.offset[t] + begin; }
 };
 
 // At most `parts` row parts of about equal token counts (rows are sorted by length, so equal
@@ -218,8 +234,11 @@ std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t par
 
 // This part's columns of C [m, G] = A W (beta 0): its units of every gate (unit parts), or all
 // G. `bias...`: the CPU's bias for gemm_weight, or nothing.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable  // host backends' calls in the host instantiations
+#endif
 template <class Backend, class scalar_t, class... Bias>
-void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A, int64_t lda,
+FR_LOOP void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A, int64_t lda,
                const Weight<scalar_t>& w, scalar_t* C, Bias... bias) {
   if (!part.units_split) {
     Backend::gemm_weight(m, 0, d.G, A, lda, w, scalar_t(0), C, d.G, bias...);
@@ -294,39 +313,72 @@ int64_t project_chunk(const Schedule& s, const LayerDims& d, bool reverse, const
   return end;
 }
 
+// The buffers of one layer's forward loop (each part offsets them by its rows).
 // `hp_scratch`: [2, B, P], for unit parts without training (the previous state each step,
 // double-buffered); otherwise unused.
-template <class Backend, class scalar_t, bool Train, class Sync>
-void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
-                  const scalar_t* xproj, const StepProjection<scalar_t>* step_proj,
-                  const Weight<scalar_t>& w_hh_t, const scalar_t* w_hr_t,
-                  const scalar_t* b_hn, scalar_t* output, scalar_t* h_state_all,
-                  scalar_t* c_state_all, scalar_t* c_all, scalar_t* hg_all,
-                  scalar_t* r_scratch_all, scalar_t* hp_scratch, WorkspaceView<scalar_t> ws) {
+template <class scalar_t>
+struct ForwardBuffers {
+  const scalar_t* xproj;                        // [N, G], or null with a step projection
+  const StepProjection<scalar_t>* step_proj;    // host only
+  Weight<scalar_t> w_hh_t;                      // [P, G]
+  const scalar_t* w_hr_t;                       // [H, P] (projected)
+  const scalar_t* b_hn;                         // GRU's b_hh n part, or null
+  scalar_t* output;                             // [N, P]
+  scalar_t* h_state;                            // [B, P]
+  scalar_t* c_state;                            // [B, H] (LSTM)
+  scalar_t* c_all;                              // [N, H] (cell_states)
+  scalar_t* hg;                                 // [B, G]
+  scalar_t* r_scratch;                          // [B, H] (projected, no training)
+  scalar_t* hp_scratch;
+  WorkspaceView<scalar_t> ws;
+};
+
+// x_t W_ih^T + bias of a chunk's steps, for backends that project inside the loop.
+template <class scalar_t, bool InLoop>
+struct StepPointers {
+  std::vector<scalar_t*> at;
+  explicit StepPointers(int64_t T) : at(T) {}
+  scalar_t* operator[](int64_t t) const { return at[t]; }
+  scalar_t** data() { return at.data(); }
+};
+template <class scalar_t>
+struct StepPointers<scalar_t, false> {
+  FR_HD explicit StepPointers(int64_t) {}
+  FR_HD scalar_t* operator[](int64_t) const { return nullptr; }
+};
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Backend, class scalar_t, bool Train, class Sched, class Sync>
+FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
+                          const ForwardBuffers<scalar_t>& b) {
   const int64_t H = d.H, P = d.P, G = d.G;
   const int64_t u0 = part.u_begin, u1 = part.u_end;
-  scalar_t* h_state = h_state_all + part.begin * P;
-  scalar_t* c_state = c_state_all ? c_state_all + part.begin * H : nullptr;
-  scalar_t* hg = hg_all + part.begin * G;
-  scalar_t* r_scratch = r_scratch_all ? r_scratch_all + part.begin * H : nullptr;
-  std::vector<scalar_t*> xg_at(step_proj ? s.T : 0);  // x_t W_ih^T + bias of a chunk's steps
+  const WorkspaceView<scalar_t>& ws = b.ws;
+  scalar_t* h_state = b.h_state + part.begin * P;
+  scalar_t* c_state = b.c_state ? b.c_state + part.begin * H : nullptr;
+  scalar_t* hg = b.hg + part.begin * G;
+  scalar_t* r_scratch = b.r_scratch ? b.r_scratch + part.begin * H : nullptr;
+  const bool in_loop = Backend::kStepProjection && b.step_proj;
+  StepPointers<scalar_t, Backend::kStepProjection> xg_at(in_loop ? s.T : 0);
   int64_t chunk_end = 0;
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = s.step(step, reverse);
     const int64_t n = part.rows(s, t), off = part.offset(s, t);
     if (n == 0) continue;
     if constexpr (Backend::kStepProjection) {
-      if (step_proj && step >= chunk_end) {
-        chunk_end = project_chunk<Backend>(s, d, reverse, part, *step_proj, step, xg_at.data());
+      if (in_loop && step >= chunk_end) {
+        chunk_end = project_chunk<Backend>(s, d, reverse, part, *b.step_proj, step, xg_at.data());
       }
     }
-    const scalar_t* xg = step_proj ? xg_at[t] : xproj + off * G;
+    const scalar_t* xg = in_loop ? xg_at[t] : b.xproj + off * G;
     // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
     const scalar_t* h_prev = h_state;
     if (part.units_split) {
       // Each part copies its own units, then all read all of them: nobody writes the state
       // another part is still reading.
-      scalar_t* buf = Train ? ws.h_prev + off * P : hp_scratch + (step % 2) * s.B * P;
+      scalar_t* buf = Train ? ws.h_prev + off * P : b.hp_scratch + (step % 2) * s.B * P;
       Backend::copy_cols(buf, h_state, n, u0, u1, P);
       h_prev = buf;
       sync();
@@ -334,24 +386,24 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
       h_prev = ws.h_prev + off * P;
     }
-    gemm_part<Backend>(part, d, n, h_prev, P, w_hh_t, hg);
-    scalar_t* out = output + off * P;
+    gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, hg);
+    scalar_t* out = b.output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
         scalar_t* r = d.proj ? (Train ? ws.r + off * H : r_scratch) : out;
         LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
                                        Train ? ws.gates + off * 4 * H : nullptr,
                                        Train ? ws.c_prev + off * H : nullptr,
-                                       c_all ? c_all + off * H : nullptr, H, d.proj ? H : P};
+                                       b.c_all ? b.c_all + off * H : nullptr, H, d.proj ? H : P};
         Backend::pointwise(f, n, u0, u1);
         if (d.proj) {
-          Backend::gemm(n, P, H, r, H, w_hr_t, P, scalar_t(0), out, P);
+          Backend::gemm(n, P, H, r, H, b.w_hr_t, P, scalar_t(0), out, P);
           Backend::copy(h_state, out, n * P);
         }
         break;
       }
       case Mode::GRU: {
-        GRUForward<scalar_t, Train> f{xg, hg, b_hn, h_state, out,
+        GRUForward<scalar_t, Train> f{xg, hg, b.b_hn, h_state, out,
                                       Train ? ws.gates + off * 4 * H : nullptr, H};
         Backend::pointwise(f, n, u0, u1);
         break;
@@ -370,41 +422,57 @@ void forward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part
   }
 }
 
-// `dgates` is [N, saved_cols] (see the backward functors in cells.h for its layout); its first G
-// columns of each row are the gradient of the recurrent pre-activation, which meets `w_hh`
-// (for GRU, with its gate rows rolled to the order n, r, z).
-template <class Backend, class scalar_t, class Sync>
-void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part part, Sync& sync,
-                   const Weight<scalar_t>& w_hh, const scalar_t* w_hr, WorkspaceView<scalar_t> ws,
-                   const scalar_t* dout, const scalar_t* dc_all, scalar_t* dh_state_all,
-                   scalar_t* dc_state_all, scalar_t* dgates, scalar_t* dh_all,
-                   scalar_t* dr_all) {
-  const int64_t H = d.H, P = d.P, G = d.G, S = d.saved_cols();
+// The buffers of one layer's backward loop. `dgates` is [N, saved_cols] (see the backward
+// functors in cells.h for its layout); its first G columns of each row are the gradient of the
+// recurrent pre-activation, which meets `w_hh` (for GRU, with its gate rows rolled to the order
+// n, r, z).
+template <class scalar_t>
+struct BackwardBuffers {
+  Weight<scalar_t> w_hh;    // [G, P]
+  const scalar_t* w_hr;     // [P, H] (projected)
+  WorkspaceView<scalar_t> ws;
+  const scalar_t* dout;     // [N, P]
+  const scalar_t* dc_all;   // [N, H] or null
+  scalar_t* dh_state;       // [B, P]
+  scalar_t* dc_state;       // [B, H] (LSTM)
+  scalar_t* dgates;         // [N, saved_cols]
+  scalar_t* dh_all;         // [N, P] (projected)
+  scalar_t* dr;             // [B, H] (projected)
+};
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Backend, class scalar_t, class Sched, class Sync>
+FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Part part,
+                           Sync& sync, const BackwardBuffers<scalar_t>& b) {
+  const int64_t H = d.H, P = d.P, S = d.saved_cols();
   const int64_t u0 = part.u_begin, u1 = part.u_end;
+  const WorkspaceView<scalar_t>& ws = b.ws;
   // The columns of dh_{t-1} this part computes: its units, or all P (projected: P != H).
   const int64_t dh_begin = part.units_split ? u0 : 0, dh_end = part.units_split ? u1 : P;
-  scalar_t* dh_state = dh_state_all + part.begin * P;
-  scalar_t* dc_state = dc_state_all ? dc_state_all + part.begin * H : nullptr;
-  scalar_t* dr = dr_all ? dr_all + part.begin * H : nullptr;
+  scalar_t* dh_state = b.dh_state + part.begin * P;
+  scalar_t* dc_state = b.dc_state ? b.dc_state + part.begin * H : nullptr;
+  scalar_t* dr = b.dr ? b.dr + part.begin * H : nullptr;
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.step(step, reverse);
     const int64_t n = part.rows(s, t), off = part.offset(s, t);
     if (n == 0) continue;
-    const scalar_t* dout_t = dout + off * P;
-    scalar_t* dg = dgates + off * S;
+    const scalar_t* dout_t = b.dout + off * P;
+    scalar_t* dg = b.dgates + off * S;
     switch (d.mode) {
       case Mode::LSTM: {
         const scalar_t* dh = dh_state;
         const scalar_t* dh_extra = dout_t;
         if (d.proj) {
           // dh_t = dh_state + dout; dr = dh_t W_hr; dh_t is kept for dW_hr after the loop.
-          Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, dh_all + off * P, P}, n, 0, P);
-          Backend::gemm(n, H, P, dh_all + off * P, P, w_hr, H, scalar_t(0), dr, H);
+          Backend::pointwise(AddInto<scalar_t>{dh_state, dout_t, b.dh_all + off * P, P}, n, 0, P);
+          Backend::gemm(n, H, P, b.dh_all + off * P, P, b.w_hr, H, scalar_t(0), dr, H);
           dh = dr;
           dh_extra = nullptr;
         }
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
-                                 dc_all ? dc_all + off * H : nullptr, dc_state, dg, H,
+                                 b.dc_all ? b.dc_all + off * H : nullptr, dc_state, dg, H,
                                  d.proj ? H : P};
         Backend::pointwise(f, n, u0, u1);
         break;
@@ -430,7 +498,7 @@ void backward_loop(const Schedule& s, const LayerDims& d, bool reverse, Part par
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
     if (part.units_split) sync();
-    Backend::gemm_weight(n, dh_begin, dh_end, dg, S, w_hh, beta, dh_state, P);
+    Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);
   }
 }
 
@@ -521,24 +589,25 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
   at::Tensor hp_scratch =
       at::empty({!a.train && parts[0].units_split ? 2 * s.B * d.P : 0}, opts);
-  auto run = [&](auto train, const Part& part, auto& sync) {
-    forward_loop<Backend, scalar_t, decltype(train)::value>(
-        s, d, a.reverse, part, sync, xproj.const_data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr,
-        w_hh_t.view(), d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
-        b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
-        h_state.data_ptr<scalar_t>(),
-        d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
-        a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
-        r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
-        hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws);
-  };
-  Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
-    if (a.train) {
-      run(std::true_type{}, part, sync);
-    } else {
-      run(std::false_type{}, part, sync);
-    }
-  });
+  const ForwardBuffers<scalar_t> buffers{
+      xproj.const_data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr, w_hh_t.view(),
+      d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
+      b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
+      h_state.data_ptr<scalar_t>(),
+      d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
+      a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
+      r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
+      hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws};
+  // The backend may run the whole loop as one kernel (CUDA, small layers); else step by step.
+  if (!Backend::template fused_forward<scalar_t>(s, d, a.reverse, a.train, buffers)) {
+    Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
+      if (a.train) {
+        forward_loop<Backend, scalar_t, true>(s, d, a.reverse, part, sync, buffers);
+      } else {
+        forward_loop<Backend, scalar_t, false>(s, d, a.reverse, part, sync, buffers);
+      }
+    });
+  }
   return {output, h_state, c_state, cells, workspace};
 }
 
@@ -591,17 +660,19 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
                                s.N);
-    Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
-      backward_loop<Backend, scalar_t>(
-          s, d, a.reverse, part, sync, w_hh.view(),
-          d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
-          dout.const_data_ptr<scalar_t>(),
-          dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,
-          dh_state.data_ptr<scalar_t>(),
-          d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
-          dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
-          d.proj ? dr.data_ptr<scalar_t>() : nullptr);
-    });
+    const BackwardBuffers<scalar_t> buffers{
+        w_hh.view(), d.proj ? w_hr.const_data_ptr<scalar_t>() : nullptr, ws,
+        dout.const_data_ptr<scalar_t>(),
+        dc_all.defined() ? dc_all.const_data_ptr<scalar_t>() : nullptr,
+        dh_state.data_ptr<scalar_t>(),
+        d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
+        dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
+        d.proj ? dr.data_ptr<scalar_t>() : nullptr};
+    if (!Backend::template fused_backward<scalar_t>(s, d, a.reverse, buffers)) {
+      Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
+        backward_loop<Backend, scalar_t>(s, d, a.reverse, part, sync, buffers);
+      });
+    }
   }
 
   // Weight gradients: one GEMM each over all time-major rows. The input-side gate gradients are

@@ -182,10 +182,32 @@ def _step(module, make_input, backward):
             module(make_input(False)[0])
 
 
-def time_pair(shape: Shape, device, repeats=5, warmup=2, min_time=0.05):
-    """Interleaved timings (seconds per call) of torch.nn and fused: {impl: {pass: [times]}}."""
-    ref, fused, make_input = build(shape, device)
+class WithoutCudnn:
+    """A torch.nn module called with cuDNN disabled: torch's native CUDA RNN kernels (a fused
+    cell kernel per step). Its backward runs the same native kernels: autograd recorded them."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args):
+        with torch.backends.cudnn.flags(enabled=False):
+            return self.module(*args)
+
+
+def contenders(ref, fused, device):
+    """What is timed: torch.nn ("torch"; cuDNN on a GPU), fused_rnn, and on a GPU torch.nn with
+    cuDNN disabled ("torch_native")."""
     impls = {"torch": ref, "fused": fused}
+    if torch.device(device).type == "cuda":
+        impls["torch_native"] = WithoutCudnn(ref)
+    return impls
+
+
+def time_pair(shape: Shape, device, repeats=5, warmup=2, min_time=0.05):
+    """Interleaved timings (seconds per call) of torch.nn and fused (and on a GPU torch.nn
+    without cuDNN): {impl: {pass: [times]}}."""
+    ref, fused, make_input = build(shape, device)
+    impls = contenders(ref, fused, device)
     times = {impl: {"fwd": [], "fwd_bwd": []} for impl in impls}
     for pass_name, backward in (("fwd", False), ("fwd_bwd", True)):
         for impl, module in impls.items():
@@ -237,13 +259,16 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True):
         for pass_name in ("fwd", "fwd_bwd"):
             flops = shape.flops(pass_name == "fwd_bwd")
             entry = {}
-            for impl in ("torch", "fused"):
+            for impl in times:
                 ts = times[impl][pass_name]
                 best, median = min(ts), statistics.median(ts)
                 entry[impl] = {"best_ms": best * 1e3, "median_ms": median * 1e3,
                                "gflops": flops / best / 1e9,
                                "peak_fraction": flops / best / 1e9 / peak}
             entry["speedup"] = entry["torch"]["best_ms"] / entry["fused"]["best_ms"]
+            if "torch_native" in entry:
+                entry["speedup_native"] = (entry["torch_native"]["best_ms"] /
+                                           entry["fused"]["best_ms"])
             entry["bound_ms"] = flops / (peak * 1e9) * 1e3
             row[pass_name] = entry
         rows.append(row)
@@ -275,14 +300,18 @@ def machine_description(device):
 
 
 def format_table(report) -> str:
+    """The results as a Markdown table. On a GPU "torch" is torch.nn with cuDNN, and two more
+    columns give the speedups over torch.nn with cuDNN disabled ("native")."""
+    native = any("speedup_native" in row["fwd"] for row in report["results"])
     lines = [
         f"fused_rnn vs torch.nn on {report['device']} ({report['machine']}), torch "
         f"{report['torch']}, {report['date']}; GEMM peak {report['gemm_peak_gflops']:.1f} GFLOP/s",
         "",
         "| shape | T,B,I,H | parity | fwd torch ms | fwd fused ms | fwd speedup | "
-        "fwd+bwd torch ms | fwd+bwd fused ms | fwd+bwd speedup | fused GFLOP/s | "
-        "of peak | bound ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "fwd+bwd torch ms | fwd+bwd fused ms | fwd+bwd speedup | "
+        + ("fwd vs native | fwd+bwd vs native | " if native else "")
+        + "fused GFLOP/s | of peak | bound ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if native else ""),
     ]
     for row in report["results"]:
         s = row["shape"]
@@ -295,11 +324,13 @@ def format_table(report) -> str:
         if s["packed"]:
             dims += " packed"
         par = row.get("parity_max_rel_diff")
+        vs_native = (f"{f['speedup_native']:.2f}x | {fb['speedup_native']:.2f}x | "
+                     if native else "")
         lines.append(
             f"| {row['name']} | {dims} | {'-' if par is None else f'{par:.0e}'} | "
             f"{f['torch']['best_ms']:.3f} | {f['fused']['best_ms']:.3f} | {f['speedup']:.2f}x | "
             f"{fb['torch']['best_ms']:.3f} | {fb['fused']['best_ms']:.3f} | "
-            f"{fb['speedup']:.2f}x | {fb['fused']['gflops']:.2f} | "
+            f"{fb['speedup']:.2f}x | {vs_native}{fb['fused']['gflops']:.2f} | "
             f"{fb['fused']['peak_fraction'] * 100:.1f}% | {fb['bound_ms']:.3f} |")
     return "\n".join(lines)
 

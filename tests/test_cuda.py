@@ -36,7 +36,7 @@ def _pair_on(mode, proj, device, dtype, **kw):
 @pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "native"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("mode,proj", CONFIGS)
-def test_against_torch_cuda(mode, proj, packed, cudnn):
+def test_against_torch_cuda(mode, proj, packed, cudnn, cuda_loop):
     ref, fused = _pair_on(mode, proj, "cuda", torch.float64)
     x = torch.randn(7, 4, 5, device="cuda", dtype=torch.float64, requires_grad=True)
 
@@ -50,7 +50,7 @@ def test_against_torch_cuda(mode, proj, packed, cudnn):
 
 @needs_gpu
 @pytest.mark.parametrize("mode,proj", CONFIGS)
-def test_cuda_equals_cpu_path(mode, proj):
+def test_cuda_equals_cpu_path(mode, proj, cuda_loop):
     _, fused_cpu = _pair_on(mode, proj, "cpu", torch.float64)
     _, fused_gpu = _pair_on(mode, proj, "cuda", torch.float64)
     fused_gpu.load_state_dict(fused_cpu.state_dict())
@@ -60,12 +60,22 @@ def test_cuda_equals_cpu_path(mode, proj):
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-8, rtol=1e-7)
 
 
+def _relative_error(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode,proj", CONFIGS)
-def test_low_precision_against_fp32(mode, proj, dtype):
+def test_low_precision_against_fp32(mode, proj, dtype, cuda_loop):
+    """fp16/bf16 storage (fp32 math inside) against fp32 on the same rounded weights and inputs:
+    outputs elementwise at 1e-2, gradients by relative norm (a ReLU whose pre-activation sits
+    near 0 may switch between the two runs and move single elements by O(1))."""
     _, fused32 = _pair_on(mode, proj, "cuda", torch.float32)
     _, fused16 = _pair_on(mode, proj, "cuda", dtype)
+    with torch.no_grad():
+        for p in fused32.parameters():
+            p.copy_(p.to(dtype).float())
     fused16.load_state_dict(fused32.state_dict())
     x = torch.randn(7, 4, 5, device="cuda")
     x16 = x.to(dtype).requires_grad_()
@@ -74,9 +84,28 @@ def test_low_precision_against_fp32(mode, proj, dtype):
     torch.testing.assert_close(out16.float(), out32, atol=1e-2, rtol=1e-2)
     out32.sum().backward()
     out16.float().sum().backward()
-    torch.testing.assert_close(x16.grad.float(), x32.grad, atol=1e-2, rtol=1e-2)
+    assert _relative_error(x16.grad, x32.grad) < 2e-2
     for (name, p32), p16 in zip(fused32.named_parameters(), fused16.parameters()):
-        torch.testing.assert_close(p16.grad.float(), p32.grad, atol=5e-2, rtol=5e-2, msg=name)
+        assert _relative_error(p16.grad, p32.grad) < 2e-2, name
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_block_loop_with_weight_in_global_memory(mode, monkeypatch):
+    """FUSED_RNN_CUDA_LOOP=block on a layer whose recurrent weight does not fit in shared memory
+    (fp64, H=128: 512 KB): the kernel reads it from global memory instead."""
+    monkeypatch.setenv("FUSED_RNN_CUDA_LOOP", "block")
+    ref, fused = make_pair(mode, 16, 128, device="cuda", dtype=torch.float64)
+    x = torch.randn(9, 3, 16, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(x), [x])
+
+
+@needs_gpu
+def test_cuda_loop_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_CUDA_LOOP", "fastest")
+    fused = fused_rnn.LSTM(5, 6).cuda()
+    with pytest.raises(RuntimeError, match="FUSED_RNN_CUDA_LOOP must be auto, block or steps"):
+        fused(torch.randn(3, 2, 5, device="cuda"))
 
 
 @needs_gpu

@@ -6,6 +6,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import _ops
+from conftest import DEVICES
 from fused_rnn.info import OPS, has_kernel
 
 I, H, P, T, B = 3, 4, 2, 5, 3
@@ -13,12 +14,12 @@ MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
 
 def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=True,
-               dtype=torch.float64, requires_grad=True, cells=False):
+               dtype=torch.float64, requires_grad=True, cells=False, device="cpu"):
     g = _ops.gates_of(mode) * H
     state = P if proj else H
 
     def t(*shape):
-        return torch.randn(*shape, dtype=dtype, requires_grad=requires_grad)
+        return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
     if packed:
         batch_sizes = torch.tensor([3, 3, 2, 1, 1])
@@ -55,18 +56,20 @@ def case_id(c):
                     + bias)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_opcheck_forward(case):
-    args = layer_args(**case)
+def test_opcheck_forward(case, device):
+    args = layer_args(**case, device=device)
     torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["rnn_backward", "rnn_backward_consume"])
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
-def test_opcheck_backward(case, op):
+def test_opcheck_backward(case, op, device):
     """Both backward ops; opcheck also checks that rnn_backward_consume mutates nothing but its
     (declared) workspace, and that the plain op mutates nothing."""
-    args = layer_args(**case, requires_grad=False)
+    args = layer_args(**case, requires_grad=False, device=device)
     output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
     mode = args[0]
     bw_args = (*args[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
@@ -75,11 +78,12 @@ def test_opcheck_backward(case, op):
     torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default, bw_args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
-def test_backward_ops_agree(case):
+def test_backward_ops_agree(case, device):
     """rnn_backward_consume returns exactly rnn_backward's gradients (bitwise: the same
     arithmetic in the same order, only the buffer differs)."""
-    args = layer_args(**case, requires_grad=False)
+    args = layer_args(**case, requires_grad=False, device=device)
     output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
     grads = (torch.randn_like(output), torch.randn_like(hy),
              torch.randn_like(cy) if args[0] == "LSTM" else None,
@@ -90,9 +94,10 @@ def test_backward_ops_agree(case):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_gradcheck(case):
-    args = layer_args(**case)
+def test_gradcheck(case, device):
+    args = layer_args(**case, device=device)
     mode, reverse, cells = args[0], args[10], args[12]
     tensors = [a for a in args[1:10] if torch.is_tensor(a) and a.requires_grad]
     positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
@@ -225,13 +230,13 @@ def stack_id(c):
 
 
 def stack_args(mode, layers, bidirectional, batch_first, packed, proj, bias, cells,
-               dropout=0.0, training=False):
+               dropout=0.0, training=False, device="cpu"):
     directions = 2 if bidirectional else 1
     state = P if proj else H
     g = _ops.gates_of(mode) * H
 
     def t(*shape):
-        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
 
     weights = []
     for layer in range(layers):
@@ -300,9 +305,10 @@ OPCHECK_STACK = [c for c in STACK_CASES if c["bias"] and not c["proj"] and not c
     or (c["layers"] == 1 and not c["bidirectional"] and (c["packed"] or c["batch_first"])))]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", OPCHECK_STACK, ids=stack_id)
-def test_opcheck_stack(case):
-    torch.library.opcheck(torch.ops.fused_rnn.rnn.default, stack_args(**case))
+def test_opcheck_stack(case, device):
+    torch.library.opcheck(torch.ops.fused_rnn.rnn.default, stack_args(**case, device=device))
 
 
 def test_stack_dropout_and_bad_weights():

@@ -76,7 +76,7 @@ def test_parity(mode, proj, bias, batch_first, bidirectional, layers, kind, hx_g
 @pytest.mark.parametrize("kind", INPUTS)
 @pytest.mark.parametrize("mode,proj", CONFIGS, ids=lambda v: str(v))
 @pytest.mark.parametrize("bidirectional,layers", [(False, 1), (True, 2)])
-def test_parity_cuda(mode, proj, bidirectional, layers, kind, dtype):
+def test_parity_cuda(mode, proj, bidirectional, layers, kind, dtype, cuda_loop):
     _run_case(mode, proj, True, False, bidirectional, layers, kind, True, dtype, device="cuda")
 
 

@@ -696,6 +696,18 @@ struct CPUBackend {
     return s.N * d.G > kSmallPostLoop && RowBlocks::of(x).has_value();
   }
 
+  // The loops run here, part by part (for_each_part).
+  template <class scalar_t>
+  static bool fused_forward(const Schedule&, const LayerDims&, bool, bool,
+                            const ForwardBuffers<scalar_t>&) {
+    return false;
+  }
+  template <class scalar_t>
+  static bool fused_backward(const Schedule&, const LayerDims&, bool,
+                             const BackwardBuffers<scalar_t>&) {
+    return false;
+  }
+
   // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G],
   // contiguous), x being the layer's input ([T, B, I], possibly a view, or packed [N, I]), read
   // in place.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../cells.h"
+#include "block_loop.cuh"
 
 namespace fused_rnn {
 
@@ -77,6 +78,19 @@ struct CUDABackend {
 
   // The input projection is one GEMM before the loop (project_input): the GPU runs it at its peak.
   static constexpr bool kStepProjection = false;
+
+  // Small layers run their whole loop in one kernel (block_loop.cuh); the others step by step
+  // from the host, cuBLAS and a pointwise kernel per step.
+  template <class scalar_t>
+  static bool fused_forward(const Schedule& s, const LayerDims& d, bool reverse, bool train,
+                            const ForwardBuffers<scalar_t>& b) {
+    return block_forward<scalar_t>(s, d, reverse, train, b);
+  }
+  template <class scalar_t>
+  static bool fused_backward(const Schedule& s, const LayerDims& d, bool reverse,
+                             const BackwardBuffers<scalar_t>& b) {
+    return block_backward<scalar_t>(s, d, reverse, b);
+  }
 
   // cuBLAS reads the recurrent weight as it is.
   template <class scalar_t>
