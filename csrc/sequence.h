@@ -373,7 +373,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       }
     }
     const scalar_t* xg = in_loop ? xg_at[t] : b.xproj + off * G;
-    // h_{t-1} for the recurrent GEMM; in training, the saved copy is the GEMM's operand.
+    // h_{t-1} for the recurrent GEMM: the state itself, saved for the backward pass in training.
     const scalar_t* h_prev = h_state;
     if (part.units_split) {
       // Each part copies its own units, then all read all of them: nobody writes the state
@@ -384,7 +384,6 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       sync();
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
-      h_prev = ws.h_prev + off * P;
     }
     gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, hg);
     scalar_t* out = b.output + off * P;

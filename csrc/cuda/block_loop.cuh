@@ -133,47 +133,101 @@ struct BlockSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
-// Copies the recurrent weight into shared memory when the launch reserved room for it, and
-// returns the weight the loop reads.
-template <class scalar_t>
-__device__ Weight<scalar_t> weight_in_shared(Weight<scalar_t> w, bool to_shared) {
-  if (!to_shared) return w;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
-  scalar_t* copy = reinterpret_cast<scalar_t*>(shared_bytes);
-  for (int64_t i = threadIdx.x; i < w.K * w.N; i += blockDim.x) copy[i] = w.data[i];
-  __syncthreads();
-  w.data = copy;
-  return w;
+__device__ inline Part block_rows(int64_t B, const LayerDims& d, int64_t per_block) {
+  const int64_t begin = int64_t(blockIdx.x) * per_block;
+  return Part{begin, std::min(begin + per_block, B), 0, d.H};
 }
 
-__device__ inline Part block_rows(const ScheduleView& s, const LayerDims& d, int64_t per_block) {
-  const int64_t begin = int64_t(blockIdx.x) * per_block;
-  return Part{begin, std::min(begin + per_block, s.B), 0, d.H};
+// A block's shared memory: the recurrent weight (when the launch reserved room for it), then
+// the block's rows of the per-row buffers that every step reads right after writing them (the
+// states, the recurrent products), so that a step's stages meet in shared memory rather than
+// through the L2 cache.
+template <class scalar_t>
+struct SharedCarve {
+  scalar_t* next;
+
+  __device__ SharedCarve() {
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    next = reinterpret_cast<scalar_t*>(shared_bytes);
+  }
+  __device__ Weight<scalar_t> weight(Weight<scalar_t> w, bool to_shared) {
+    if (!to_shared) return w;
+    for (int64_t i = threadIdx.x; i < w.K * w.N; i += blockDim.x) next[i] = w.data[i];
+    w.data = next;
+    next += w.K * w.N;
+    return w;
+  }
+  // The part's rows of a per-row buffer [B, cols] (null stays null), loaded if `load`; returns
+  // the pointer the loop indexes by absolute row (it adds part.begin * cols back).
+  __device__ scalar_t* rows(scalar_t* global, const Part& part, int64_t cols, bool load) {
+    if (global == nullptr) return nullptr;
+    scalar_t* local = next;
+    next += (part.end - part.begin) * cols;
+    if (load) {
+      const scalar_t* src = global + part.begin * cols;
+      for (int64_t i = threadIdx.x; i < (part.end - part.begin) * cols; i += blockDim.x) {
+        local[i] = src[i];
+      }
+    }
+    return local - part.begin * cols;
+  }
+};
+
+// Shared memory a block needs for its per-row buffers (SharedCarve::rows), in elements.
+inline int64_t shared_row_elems(const LayerDims& d, int64_t rows, bool forward) {
+  const int64_t lstm = d.mode == Mode::LSTM ? d.H : 0;
+  return rows * (forward ? d.P + lstm + d.G : d.P + lstm + (d.proj ? d.H : 0));
+}
+
+template <class scalar_t>
+__device__ void store_rows(scalar_t* global, const scalar_t* local, const Part& part,
+                           int64_t cols) {
+  if (global == nullptr) return;
+  for (int64_t i = part.begin * cols + threadIdx.x; i < part.end * cols; i += blockDim.x) {
+    global[i] = local[i];
+  }
 }
 
 template <class scalar_t, bool Train>
 __global__ void __launch_bounds__(kBlockLoopMaxThreads)
     forward_block_loop(ScheduleView s, LayerDims d, bool reverse, int64_t rows_per_block,
                        ForwardBuffers<scalar_t> b, bool shared_weight) {
-  b.w_hh_t = weight_in_shared(b.w_hh_t, shared_weight);
+  const Part part = block_rows(s.B, d, rows_per_block);
+  SharedCarve<scalar_t> carve;
+  ForwardBuffers<scalar_t> local = b;
+  local.w_hh_t = carve.weight(b.w_hh_t, shared_weight);
+  local.h_state = carve.rows(b.h_state, part, d.P, true);
+  local.c_state = carve.rows(b.c_state, part, d.H, true);
+  local.hg = carve.rows(b.hg, part, d.G, false);
+  __syncthreads();
   BlockSync sync;
-  forward_loop<BlockBackend, scalar_t, Train>(s, d, reverse, block_rows(s, d, rows_per_block),
-                                              sync, b);
+  forward_loop<BlockBackend, scalar_t, Train>(s, d, reverse, part, sync, local);
+  store_rows(b.h_state, local.h_state, part, d.P);
+  store_rows(b.c_state, local.c_state, part, d.H);
 }
 
 template <class scalar_t>
 __global__ void __launch_bounds__(kBlockLoopMaxThreads)
     backward_block_loop(ScheduleView s, LayerDims d, bool reverse, int64_t rows_per_block,
                         BackwardBuffers<scalar_t> b, bool shared_weight) {
-  b.w_hh = weight_in_shared(b.w_hh, shared_weight);
+  const Part part = block_rows(s.B, d, rows_per_block);
+  SharedCarve<scalar_t> carve;
+  BackwardBuffers<scalar_t> local = b;
+  local.w_hh = carve.weight(b.w_hh, shared_weight);
+  local.dh_state = carve.rows(b.dh_state, part, d.P, true);
+  local.dc_state = carve.rows(b.dc_state, part, d.H, true);
+  local.dr = carve.rows(b.dr, part, d.H, false);
+  __syncthreads();
   BlockSync sync;
-  backward_loop<BlockBackend, scalar_t>(s, d, reverse, block_rows(s, d, rows_per_block), sync,
-                                        b);
+  backward_loop<BlockBackend, scalar_t>(s, d, reverse, part, sync, local);
+  store_rows(b.dh_state, local.dh_state, part, d.P);
+  store_rows(b.dc_state, local.dc_state, part, d.H);
 }
 
 // Which loop runs a layer on the GPU: FUSED_RNN_CUDA_LOOP=block (always the kernel above),
 // steps (always step by step: cuBLAS and a pointwise kernel per step) or auto (the default:
-// the kernel above where the recurrent weight fits in a block's shared memory).
+// the kernel above up to a recurrent weight of kBlockLoopForwardBytes / kBlockLoopBackwardBytes,
+// in shared memory where it fits, else read through the caches).
 enum class CudaLoop { Auto, Block, Steps };
 
 inline CudaLoop cuda_loop_setting() {
@@ -185,34 +239,49 @@ inline CudaLoop cuda_loop_setting() {
               "'");
 }
 
+// Measured on an H100 (benchmarks/results/cuda-h100-*.json, FUSED_RNN_CUDA_LOOP forced each
+// way): the block loop wins the forward pass up to an fp32 LSTM of H=128 (256 KB of W_hh, read
+// from L2 each step) and loses from H=256 (1 MB); the backward pass still wins at H=256 and
+// loses at H=512 (4 MB), where cuBLAS's per-step GEMM spreads the weight over the whole GPU.
+constexpr size_t kBlockLoopForwardBytes = 256 * 1024;
+constexpr size_t kBlockLoopBackwardBytes = 1024 * 1024;
+
 // How one layer's block loop is launched, or why not.
 struct BlockLaunch {
   bool use = false;
   int64_t blocks = 0, rows_per_block = 0, threads = 0;
-  size_t shared = 0;  // dynamic shared memory: the weight, or 0 (read from global memory)
+  size_t shared = 0;  // dynamic shared memory: the weight if it fits, and the per-row buffers
+  bool shared_weight = false;
 };
 
 template <class scalar_t>
-BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, int64_t weight_elems,
-                            int64_t outputs_per_row) {
+BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, bool forward) {
   BlockLaunch l;
   const CudaLoop setting = cuda_loop_setting();
   if (setting == CudaLoop::Steps) return l;
+  const size_t weight = size_t(d.P) * d.G * sizeof(scalar_t);
+  if (setting == CudaLoop::Auto &&
+      weight > (forward ? kBlockLoopForwardBytes : kBlockLoopBackwardBytes)) {
+    return l;
+  }
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  // What the static shared memory of the kernel (gemm_cols' partial sums) leaves.
-  const size_t room = prop->sharedMemPerBlockOptin -
-                      kBlockLoopMaxThreads * sizeof(at::opmath_type<scalar_t>) - 1024;
-  const size_t bytes = size_t(weight_elems) * sizeof(scalar_t);
-  const bool fits = bytes <= room;
-  if (setting == CudaLoop::Auto && !fits) return l;
-  l.use = true;
-  l.shared = fits ? bytes : 0;
   // A block per row while there are rows for every SM, then rows shared out evenly.
   const int64_t sms = prop->multiProcessorCount;
   l.rows_per_block = std::max<int64_t>(1, (s.B + sms - 1) / sms);
   l.blocks = (s.B + l.rows_per_block - 1) / l.rows_per_block;
-  const int64_t work = l.rows_per_block * outputs_per_row;
+  const int64_t work = l.rows_per_block * d.G;
   l.threads = std::min<int64_t>(kBlockLoopMaxThreads, std::max<int64_t>(128, (work + 31) / 32 * 32));
+  // What the kernel's static shared memory (gemm_cols' partial sums) leaves.
+  const size_t room = prop->sharedMemPerBlockOptin -
+                      kBlockLoopMaxThreads * sizeof(at::opmath_type<scalar_t>) - 1024;
+  const size_t rows = size_t(shared_row_elems(d, l.rows_per_block, forward)) * sizeof(scalar_t);
+  if (rows > room) {
+    l.use = false;  // (only with many rows per block and wide layers)
+    return l;
+  }
+  l.use = true;
+  l.shared_weight = rows + weight <= room;
+  l.shared = rows + (l.shared_weight ? weight : 0);
   return l;
 }
 
@@ -241,13 +310,13 @@ inline ScheduleView view_of(const Schedule& s, const at::Tensor& on_device) {
 template <class scalar_t>
 bool block_forward(const Schedule& s, const LayerDims& d, bool reverse, bool train,
                    const ForwardBuffers<scalar_t>& b) {
-  const BlockLaunch l = plan_block_loop<scalar_t>(s, d, d.P * d.G, d.G);
+  const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/true);
   if (!l.use) return false;
   const at::Tensor sched = schedule_on_device(s, at::Device(at::kCUDA, at::cuda::current_device()));
   auto launch = [&](auto kernel) {
     allow_shared(kernel, l.shared);
     kernel<<<l.blocks, l.threads, l.shared, at::cuda::getCurrentCUDAStream()>>>(
-        view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared > 0);
+        view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared_weight);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if (train) {
@@ -261,13 +330,13 @@ bool block_forward(const Schedule& s, const LayerDims& d, bool reverse, bool tra
 template <class scalar_t>
 bool block_backward(const Schedule& s, const LayerDims& d, bool reverse,
                     const BackwardBuffers<scalar_t>& b) {
-  const BlockLaunch l = plan_block_loop<scalar_t>(s, d, d.G * d.P, d.G);
+  const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/false);
   if (!l.use) return false;
   const at::Tensor sched = schedule_on_device(s, at::Device(at::kCUDA, at::cuda::current_device()));
   allow_shared(backward_block_loop<scalar_t>, l.shared);
   backward_block_loop<scalar_t><<<l.blocks, l.threads, l.shared,
                                   at::cuda::getCurrentCUDAStream()>>>(
-      view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared > 0);
+      view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared_weight);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
