@@ -238,8 +238,8 @@ std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t par
 #pragma nv_exec_check_disable  // host backends' calls in the host instantiations
 #endif
 template <class Backend, class scalar_t, class... Bias>
-FR_LOOP void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A, int64_t lda,
-               const Weight<scalar_t>& w, scalar_t* C, Bias... bias) {
+FR_LOOP void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A,
+                       int64_t lda, const Weight<scalar_t>& w, scalar_t* C, Bias... bias) {
   if (!part.units_split) {
     Backend::gemm_weight(m, 0, d.G, A, lda, w, scalar_t(0), C, d.G, bias...);
     return;

@@ -1,8 +1,8 @@
 // The whole time loop of a small layer in one kernel: each thread block runs sequence.h's
 // forward_loop / backward_loop on its own rows of the batch, step after step, with the
-// recurrent weight in shared memory. Rows never meet inside a step (every row's recurrence
-// reads only its own state), so the blocks need no grid-wide synchronisation; a step's
-// products and gate math are separated by __syncthreads alone.
+// recurrent weight in shared memory where it fits (else read through L1/L2). Rows never meet
+// inside a step (every row's recurrence reads only its own state), so the blocks need no
+// grid-wide synchronisation; a step's products and gate math are separated by __syncthreads.
 //
 // Why: stepping from the host costs two or three launches per step (~5 us each of host time),
 // so a 500-step IMDB layer took 8 ms where its arithmetic is microseconds; cuDNN's persistent
@@ -239,10 +239,10 @@ inline CudaLoop cuda_loop_setting() {
               "'");
 }
 
-// Measured on an H100 (benchmarks/results/cuda-h100-*.json, FUSED_RNN_CUDA_LOOP forced each
-// way): the block loop wins the forward pass up to an fp32 LSTM of H=128 (256 KB of W_hh, read
-// from L2 each step) and loses from H=256 (1 MB); the backward pass still wins at H=256 and
-// loses at H=512 (4 MB), where cuBLAS's per-step GEMM spreads the weight over the whole GPU.
+// Measured on an H100 (benchmarks/results/cuda-h100-2026-11-23.md: FUSED_RNN_CUDA_LOOP forced
+// each way): the block loop wins the forward pass up to an fp32 LSTM of H=128 (256 KB of W_hh,
+// read from L2 each step) and loses from H=256 (1 MB); the backward pass still wins at H=256
+// and loses at H=512 (4 MB), where cuBLAS's per-step GEMM spreads the weight over the GPU.
 constexpr size_t kBlockLoopForwardBytes = 256 * 1024;
 constexpr size_t kBlockLoopBackwardBytes = 1024 * 1024;
 
@@ -270,7 +270,8 @@ BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, bool forward)
   l.rows_per_block = std::max<int64_t>(1, (s.B + sms - 1) / sms);
   l.blocks = (s.B + l.rows_per_block - 1) / l.rows_per_block;
   const int64_t work = l.rows_per_block * d.G;
-  l.threads = std::min<int64_t>(kBlockLoopMaxThreads, std::max<int64_t>(128, (work + 31) / 32 * 32));
+  l.threads = std::min<int64_t>(kBlockLoopMaxThreads,
+                               std::max<int64_t>(128, (work + 31) / 32 * 32));
   // What the kernel's static shared memory (gemm_cols' partial sums) leaves.
   const size_t room = prop->sharedMemPerBlockOptin -
                       kBlockLoopMaxThreads * sizeof(at::opmath_type<scalar_t>) - 1024;
