@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "../sequence.h"
 
@@ -35,17 +34,16 @@ constexpr int kBlockLoopMaxThreads = 512;
 struct BlockBackend {
   static constexpr bool kStepProjection = false;
 
-  // C[r, c] (c in [c0, c1)) = sum_k A[r, k] B[k, c] + beta C[r, c], r < m. Consecutive threads
-  // take consecutive columns (B's rows are read contiguously, A's element is broadcast). With
-  // fewer outputs than threads, the k range is split over groups of threads and the groups'
-  // sums are added through shared memory.
+  // Row-major C [m, n] = A B + beta C. Consecutive threads take consecutive columns (B's rows
+  // are read contiguously, A's element is broadcast). With fewer outputs than threads, the k
+  // range is split over groups of threads and the groups' sums are added through shared memory.
   template <class scalar_t>
-  static __device__ void gemm_cols(int64_t m, int64_t c0, int64_t c1, int64_t K,
-                                   const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
-                                   scalar_t beta, scalar_t* C, int64_t ldc) {
+  static __device__ void gemm(int64_t m, int64_t n, int64_t K, const scalar_t* A, int64_t lda,
+                              const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C,
+                              int64_t ldc) {
     using acc_t = at::opmath_type<scalar_t>;
     __shared__ acc_t partial[kBlockLoopMaxThreads];
-    const int64_t cols = c1 - c0, items = m * cols;
+    const int64_t items = m * n;
     const int64_t padded = (items + 31) / 32 * 32;
     const acc_t b = static_cast<acc_t>(beta);
     auto dot = [&](int64_t r, int64_t c, int64_t k0, int64_t k1) {
@@ -69,39 +67,32 @@ struct BlockBackend {
     const int64_t groups = padded >= blockDim.x ? 1 : blockDim.x / padded;
     if (groups == 1) {
       for (int64_t i = threadIdx.x; i < items; i += blockDim.x) {
-        const int64_t r = i / cols, c = c0 + i % cols;
-        store(r, c, dot(r, c, 0, K));
+        store(i / n, i % n, dot(i / n, i % n, 0, K));
       }
     } else {
       const int64_t g = threadIdx.x / padded, i = threadIdx.x % padded;
       const int64_t per = (K + groups - 1) / groups;
       acc_t v = 0;
       if (g < groups && i < items) {
-        v = dot(i / cols, c0 + i % cols, std::min(K, g * per), std::min(K, (g + 1) * per));
+        v = dot(i / n, i % n, std::min(K, g * per), std::min(K, (g + 1) * per));
       }
       partial[threadIdx.x] = v;
       __syncthreads();
       if (threadIdx.x < items) {
         acc_t sum = 0;
         for (int64_t j = 0; j < groups; ++j) sum += partial[j * padded + threadIdx.x];
-        store(threadIdx.x / cols, c0 + threadIdx.x % cols, sum);
+        store(threadIdx.x / n, threadIdx.x % n, sum);
       }
     }
     __syncthreads();
   }
 
-  template <class scalar_t>
-  static __device__ void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* A, int64_t lda,
-                              const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C,
-                              int64_t ldc) {
-    gemm_cols(m, 0, n, k, A, lda, B, ldb, beta, C, ldc);
-  }
-
+  // Columns [c0, c1) of A W, as CUDABackend::gemm_weight takes them.
   template <class scalar_t>
   static __device__ void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A,
                                      int64_t lda, const Weight<scalar_t>& w, scalar_t beta,
                                      scalar_t* C, int64_t ldc) {
-    gemm_cols(m, c0, c1, w.K, A, lda, w.data, w.N, beta, C, ldc);
+    gemm(m, c1 - c0, w.K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
   }
 
   template <class scalar_t>
@@ -272,14 +263,11 @@ BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, bool forward)
   const int64_t work = l.rows_per_block * d.G;
   l.threads = std::min<int64_t>(kBlockLoopMaxThreads,
                                std::max<int64_t>(128, (work + 31) / 32 * 32));
-  // What the kernel's static shared memory (gemm_cols' partial sums) leaves.
+  // What the kernel's static shared memory (gemm's partial sums) leaves.
   const size_t room = prop->sharedMemPerBlockOptin -
                       kBlockLoopMaxThreads * sizeof(at::opmath_type<scalar_t>) - 1024;
   const size_t rows = size_t(shared_row_elems(d, l.rows_per_block, forward)) * sizeof(scalar_t);
-  if (rows > room) {
-    l.use = false;  // (only with many rows per block and wide layers)
-    return l;
-  }
+  if (rows > room) return l;  // (only with many rows per block and wide layers)
   l.use = true;
   l.shared_weight = rows + weight <= room;
   l.shared = rows + (l.shared_weight ? weight : 0);
@@ -303,9 +291,17 @@ inline at::Tensor schedule_on_device(const Schedule& s, const at::Device& device
   return host.to(device, /*non_blocking=*/true);
 }
 
-inline ScheduleView view_of(const Schedule& s, const at::Tensor& on_device) {
-  const int64_t* p = on_device.const_data_ptr<int64_t>();
-  return ScheduleView{p, p + s.T, s.T, s.B, s.N};
+// One launch of a block-loop kernel (forward or backward: the same parameters but the buffers).
+template <class Buffers>
+void launch_block_loop(void (*kernel)(ScheduleView, LayerDims, bool, int64_t, Buffers, bool),
+                       const BlockLaunch& l, const Schedule& s, const LayerDims& d, bool reverse,
+                       const Buffers& b) {
+  const at::Tensor sched = schedule_on_device(s, at::Device(at::kCUDA, at::cuda::current_device()));
+  const int64_t* p = sched.const_data_ptr<int64_t>();
+  allow_shared(kernel, l.shared);
+  kernel<<<l.blocks, l.threads, l.shared, at::cuda::getCurrentCUDAStream()>>>(
+      ScheduleView{p, p + s.T, s.T, s.B, s.N}, d, reverse, l.rows_per_block, b, l.shared_weight);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <class scalar_t>
@@ -313,18 +309,9 @@ bool block_forward(const Schedule& s, const LayerDims& d, bool reverse, bool tra
                    const ForwardBuffers<scalar_t>& b) {
   const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/true);
   if (!l.use) return false;
-  const at::Tensor sched = schedule_on_device(s, at::Device(at::kCUDA, at::cuda::current_device()));
-  auto launch = [&](auto kernel) {
-    allow_shared(kernel, l.shared);
-    kernel<<<l.blocks, l.threads, l.shared, at::cuda::getCurrentCUDAStream()>>>(
-        view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared_weight);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if (train) {
-    launch(forward_block_loop<scalar_t, true>);
-  } else {
-    launch(forward_block_loop<scalar_t, false>);
-  }
+  launch_block_loop(
+      train ? forward_block_loop<scalar_t, true> : forward_block_loop<scalar_t, false>, l, s, d,
+      reverse, b);
   return true;
 }
 
@@ -333,12 +320,7 @@ bool block_backward(const Schedule& s, const LayerDims& d, bool reverse,
                     const BackwardBuffers<scalar_t>& b) {
   const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/false);
   if (!l.use) return false;
-  const at::Tensor sched = schedule_on_device(s, at::Device(at::kCUDA, at::cuda::current_device()));
-  allow_shared(backward_block_loop<scalar_t>, l.shared);
-  backward_block_loop<scalar_t><<<l.blocks, l.threads, l.shared,
-                                  at::cuda::getCurrentCUDAStream()>>>(
-      view_of(s, sched), d, reverse, l.rows_per_block, b, l.shared_weight);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_block_loop(backward_block_loop<scalar_t>, l, s, d, reverse, b);
   return true;
 }
 
