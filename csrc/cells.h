@@ -20,7 +20,8 @@
 #define FR_HD __host__ __device__ __forceinline__
 // The time loops (sequence.h): run by the host, or inside one CUDA kernel per layer
 // (cuda/block_loop.cuh), where a thread block runs the whole loop on its rows.
-#define FR_LOOP __host__ __device__
+// Inlined into the kernel, so that a weight held in registers stays there (block_loop.cuh).
+#define FR_LOOP __host__ __device__ __forceinline__
 #else
 #define FR_HD inline
 #define FR_LOOP
@@ -65,6 +66,15 @@ struct ScalarMath {
 template <>
 FR_HD float ScalarMath<float>::exp(float x) { return ::expf(x); }
 template <>
+FR_HD float ScalarMath<float>::sigmoid(float x) {
+#if defined(__CUDA_ARCH__)
+  // The correctly rounded reciprocal: the same value as 1 / y, without the division's slow path.
+  return __frcp_rn(1.0f + ::expf(-x));
+#else
+  return 1.0f / (1.0f + ::expf(-x));
+#endif
+}
+template <>
 FR_HD float ScalarMath<float>::tanh(float x) { return ::tanhf(x); }
 template <>
 FR_HD double ScalarMath<double>::exp(double x) { return ::exp(x); }
@@ -96,11 +106,16 @@ struct LSTMForward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const int64_t G = 4 * H, g0 = b * G + j;
-    const V i = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
-    const V f = M::sigmoid(M::load(xg + g0 + H, G) + M::load(hg + g0 + H, G));
-    const V g = M::tanh(M::load(xg + g0 + 2 * H, G) + M::load(hg + g0 + 2 * H, G));
-    const V o = M::sigmoid(M::load(xg + g0 + 3 * H, G) + M::load(hg + g0 + 3 * H, G));
+    // Every load first, so that a GPU thread waits for them once, not once per gate.
+    const V xi = M::load(xg + g0, G), xf = M::load(xg + g0 + H, G);
+    const V xc = M::load(xg + g0 + 2 * H, G), xo = M::load(xg + g0 + 3 * H, G);
+    const V hi = M::load(hg + g0, G), hf = M::load(hg + g0 + H, G);
+    const V hc = M::load(hg + g0 + 2 * H, G), ho = M::load(hg + g0 + 3 * H, G);
     const V cp = M::load(c_state + b * H + j, H);
+    const V i = M::sigmoid(xi + hi);
+    const V f = M::sigmoid(xf + hf);
+    const V g = M::tanh(xc + hc);
+    const V o = M::sigmoid(xo + ho);
     const V c = f * cp + i * g;
     const V h = o * M::tanh(c);
     M::store(c_state + b * H + j, H, c);
@@ -132,12 +147,16 @@ struct GRUForward {
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const int64_t G = 3 * H, g0 = b * G + j;
+    // Every load first (see LSTMForward).
+    const V xr = M::load(xg + g0, G), xz = M::load(xg + g0 + H, G);
+    const V xn = M::load(xg + g0 + 2 * H, G);
+    const V hr = M::load(hg + g0, G), hz = M::load(hg + g0 + H, G);
     V hn = M::load(hg + g0 + 2 * H, G);
-    if (b_hn) hn = hn + M::load(b_hn + j, 0);  // the same for every row
-    const V r = M::sigmoid(M::load(xg + g0, G) + M::load(hg + g0, G));
-    const V z = M::sigmoid(M::load(xg + g0 + H, G) + M::load(hg + g0 + H, G));
-    const V n = M::tanh(M::load(xg + g0 + 2 * H, G) + r * hn);
     const V hp = M::load(h_state + b * H + j, H);
+    if (b_hn) hn = hn + M::load(b_hn + j, 0);  // the same for every row
+    const V r = M::sigmoid(xr + hr);
+    const V z = M::sigmoid(xz + hz);
+    const V n = M::tanh(xn + r * hn);
     const V h = n + z * (hp - n);  // (1 - z) * n + z * h_{t-1}
     M::store(h_state + b * H + j, H, h);
     M::store(h_out + b * H + j, H, h);

@@ -101,6 +101,31 @@ def test_block_loop_with_weight_in_global_memory(mode, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("mode,hidden,batch", [
+    ("LSTM", 64, 8),       # one weight column per thread, 64 rows each (float4 reads of h)
+    ("LSTM", 50, 5),       # 50 rows: the scalar reads
+    ("GRU", 64, 6),        # backward: W_hh [192, 64], k split over 3 groups of threads
+    ("RNN_TANH", 128, 4),  # k split over 2 groups
+    ("LSTM", 4, 3),        # one row per thread
+    ("RNN_RELU", 32, 300),  # several rows per block (132 SMs), k split over 4 groups
+    ("LSTM", 16, 200),     # several rows per block, one group
+])
+def test_block_loop_with_weight_in_registers(mode, hidden, batch, packed, monkeypatch):
+    """fp32 layers whose recurrent weight the block loop holds in registers (RegisterTile in
+    block_loop.cuh), two layers (the second's input is the first's output), against torch.nn."""
+    monkeypatch.setenv("FUSED_RNN_CUDA_LOOP", "block")
+    ref, fused = make_pair(mode, 7, hidden, device="cuda", dtype=torch.float32, num_layers=2)
+    x = torch.randn(9, batch, 7, device="cuda", requires_grad=True)
+    lengths = torch.randint(1, 10, (batch,)).tolist()
+
+    def call(m):
+        return m(pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x)
+
+    assert_same_run(ref, fused, call, [x], dtype=torch.float32)
+
+
+@needs_gpu
 def test_cuda_loop_setting_is_checked(monkeypatch):
     monkeypatch.setenv("FUSED_RNN_CUDA_LOOP", "fastest")
     fused = fused_rnn.LSTM(5, 6).cuda()

@@ -1,6 +1,7 @@
 // The whole time loop of a small layer in one kernel: each thread block runs sequence.h's
 // forward_loop / backward_loop on its own rows of the batch, step after step, with the
-// recurrent weight in shared memory where it fits (else read through L1/L2). Rows never meet
+// recurrent weight in its threads' registers where they can hold it (RegisterTile), else in
+// shared memory where it fits, else read through L1/L2. Rows never meet
 // inside a step (every row's recurrence reads only its own state), so the blocks need no
 // grid-wide synchronisation; a step's products and gate math are separated by __syncthreads.
 //
@@ -19,8 +20,10 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "../sequence.h"
 
@@ -28,11 +31,98 @@ namespace fused_rnn {
 
 constexpr int kBlockLoopMaxThreads = 512;
 
+// Values of the recurrent weight each thread keeps in registers, where the whole weight fits
+// (fp32, up to kWeightRegs x kBlockLoopMaxThreads = 128 KB: IMDB's H=64 LSTM, MNIST's H=128 RNN).
+// Shared memory serves a block 128 bytes a cycle, so a step that reads a 64 KB weight from it
+// waits 512 cycles on the reads alone; from registers the reads are free, as in cuDNN's
+// persistent kernels.
+constexpr int kWeightRegs = 64;
+
+// Which part of a [K, N] weight thread t holds: column t % cols, rows [g * per, g * per + per)
+// of group g = t / cols (`cols`: N padded to whole warps, so that a warp's threads share their
+// rows and read the same elements of A). Whether it fits: one column per thread, at most
+// kWeightRegs rows each.
+struct RegisterTile {
+  int cols, groups, per;
+
+  __host__ __device__ static RegisterTile of(int threads, int64_t K, int64_t N) {
+    const int cols = int((N + 31) / 32 * 32);
+    const int groups = threads / cols > 1 ? threads / cols : 1;
+    return {cols, groups, int((K + groups - 1) / groups)};
+  }
+  __host__ __device__ bool fits(int threads) const {
+    return cols <= threads && per <= kWeightRegs;
+  }
+  // Threads that make the weight fit, or 0 where no block can hold it.
+  static int threads_for(int64_t K, int64_t N) {
+    const int64_t cols = (N + 31) / 32 * 32;
+    const int64_t t = cols * ((K + kWeightRegs - 1) / kWeightRegs);
+    return t <= kBlockLoopMaxThreads ? int(t) : 0;
+  }
+};
+
+// The running sums of a split-k product, one per thread, in shared memory.
+template <class acc_t>
+__device__ acc_t* gemm_partials() {
+  __shared__ acc_t partial[kBlockLoopMaxThreads];
+  return partial;
+}
+
+// This thread's part of a weight (RegisterTile), into `reg` (zero past the weight's edges).
+template <class scalar_t>
+__device__ void load_register_weight(const Weight<scalar_t>& w, scalar_t (&reg)[kWeightRegs]) {
+  const RegisterTile tile = RegisterTile::of(blockDim.x, w.K, w.N);
+  const int c = threadIdx.x % tile.cols, g = threadIdx.x / tile.cols;
+  const bool owner = c < w.N && g < tile.groups;
+#pragma unroll
+  for (int r = 0; r < kWeightRegs; ++r) {
+    const int64_t k = int64_t(g) * tile.per + r;
+    reg[r] = owner && r < tile.per && k < w.K ? w.data[k * w.N + c] : scalar_t(0);
+  }
+}
+
+// sum_r a[r] w[r] over r < count, w in registers (constant indices only).
+template <class scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> register_dot(const scalar_t* a,
+                                                                   const scalar_t* w,
+                                                                   int count) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t s[4] = {0, 0, 0, 0};
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == kWeightRegs && (reinterpret_cast<uintptr_t>(a) & 15) == 0) {
+#pragma unroll
+      for (int r = 0; r < kWeightRegs; r += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(a + r);
+        s[0] += v.x * w[r];
+        s[1] += v.y * w[r + 1];
+        s[2] += v.z * w[r + 2];
+        s[3] += v.w * w[r + 3];
+      }
+      return (s[0] + s[1]) + (s[2] + s[3]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kWeightRegs; ++r) {
+    if (r < count) s[r % 4] += static_cast<acc_t>(a[r]) * static_cast<acc_t>(w[r]);
+  }
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 // The backend that forward_loop / backward_loop run on inside the kernel: every call is made by
 // all threads of the block, shares the work out over them and ends with __syncthreads(), so the
-// next call sees its results.
+// next call sees its results. kRegisterWeight: the recurrent weight's `packed` points at this
+// thread's registers (load_register_weight), which gemm_weight multiplies by.
+template <bool kRegisterWeight>
 struct BlockBackend {
   static constexpr bool kStepProjection = false;
+
+  template <class scalar_t>
+  static __device__ void store(scalar_t* C, int64_t ldc, int64_t r, int64_t c,
+                               at::opmath_type<scalar_t> v, at::opmath_type<scalar_t> beta) {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* out = C + r * ldc + c;
+    *out = static_cast<scalar_t>(beta == acc_t(0) ? v : v + beta * static_cast<acc_t>(*out));
+  }
 
   // Row-major C [m, n] = A B + beta C. Consecutive threads take consecutive columns (B's rows
   // are read contiguously, A's element is broadcast). With fewer outputs than threads, the k
@@ -42,32 +132,36 @@ struct BlockBackend {
                               const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C,
                               int64_t ldc) {
     using acc_t = at::opmath_type<scalar_t>;
-    __shared__ acc_t partial[kBlockLoopMaxThreads];
+    acc_t* partial = gemm_partials<acc_t>();
     const int64_t items = m * n;
     const int64_t padded = (items + 31) / 32 * 32;
     const acc_t b = static_cast<acc_t>(beta);
     auto dot = [&](int64_t r, int64_t c, int64_t k0, int64_t k1) {
       const scalar_t* a = A + r * lda;
       const scalar_t* w = B + c;
-      acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      // 16 loads issued before their products: a weight read from L2 (too large for shared
+      // memory) is latency-bound, one round trip per batch of loads (ncu, H100: 4 at a time
+      // stalled 81% of a 1 MB W_hh's backward step on them).
+      constexpr int kBatch = 16;
+      acc_t s[4] = {0, 0, 0, 0};
       int64_t k = k0;
-      for (; k + 3 < k1; k += 4) {
-        s0 += static_cast<acc_t>(a[k]) * static_cast<acc_t>(w[k * ldb]);
-        s1 += static_cast<acc_t>(a[k + 1]) * static_cast<acc_t>(w[(k + 1) * ldb]);
-        s2 += static_cast<acc_t>(a[k + 2]) * static_cast<acc_t>(w[(k + 2) * ldb]);
-        s3 += static_cast<acc_t>(a[k + 3]) * static_cast<acc_t>(w[(k + 3) * ldb]);
+      for (; k + kBatch <= k1; k += kBatch) {
+        acc_t av[kBatch], wv[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          av[u] = static_cast<acc_t>(a[k + u]);
+          wv[u] = static_cast<acc_t>(w[(k + u) * ldb]);
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) s[u % 4] += av[u] * wv[u];
       }
-      for (; k < k1; ++k) s0 += static_cast<acc_t>(a[k]) * static_cast<acc_t>(w[k * ldb]);
-      return (s0 + s1) + (s2 + s3);
-    };
-    auto store = [&](int64_t r, int64_t c, acc_t v) {
-      scalar_t* out = C + r * ldc + c;
-      *out = static_cast<scalar_t>(b == acc_t(0) ? v : v + b * static_cast<acc_t>(*out));
+      for (; k < k1; ++k) s[0] += static_cast<acc_t>(a[k]) * static_cast<acc_t>(w[k * ldb]);
+      return (s[0] + s[1]) + (s[2] + s[3]);
     };
     const int64_t groups = padded >= blockDim.x ? 1 : blockDim.x / padded;
     if (groups == 1) {
       for (int64_t i = threadIdx.x; i < items; i += blockDim.x) {
-        store(i / n, i % n, dot(i / n, i % n, 0, K));
+        store(C, ldc, i / n, i % n, dot(i / n, i % n, 0, K), b);
       }
     } else {
       const int64_t g = threadIdx.x / padded, i = threadIdx.x % padded;
@@ -81,23 +175,59 @@ struct BlockBackend {
       if (threadIdx.x < items) {
         acc_t sum = 0;
         for (int64_t j = 0; j < groups; ++j) sum += partial[j * padded + threadIdx.x];
-        store(threadIdx.x / n, threadIdx.x % n, sum);
+        store(C, ldc, threadIdx.x / n, threadIdx.x % n, sum, b);
       }
     }
     __syncthreads();
   }
 
-  // Columns [c0, c1) of A W, as CUDABackend::gemm_weight takes them.
+  // C [m, N] = A W + beta C with W in registers (RegisterTile): each thread's dot product over
+  // its rows of W, the groups' sums added through shared memory.
+  template <class scalar_t>
+  static __device__ void register_gemm(int m, const scalar_t* A, int lda, const Weight<scalar_t>& w,
+                                       scalar_t beta, scalar_t* C, int ldc) {
+    using acc_t = at::opmath_type<scalar_t>;
+    const RegisterTile tile = RegisterTile::of(blockDim.x, w.K, w.N);
+    const int tid = threadIdx.x, c = tid % tile.cols, g = tid / tile.cols;
+    const int N = int(w.N), k0 = g * tile.per;
+    const int count = max(0, min(tile.per, int(w.K) - k0));
+    const bool owner = c < N && g < tile.groups;
+    const acc_t b = static_cast<acc_t>(beta);
+    acc_t* partial = gemm_partials<acc_t>();
+    for (int r = 0; r < m; ++r) {
+      const acc_t v = owner ? register_dot(A + r * lda + k0, w.packed, count) : acc_t(0);
+      if (tile.groups == 1) {
+        if (owner) store(C, ldc, r, c, v, b);
+        continue;
+      }
+      partial[tid] = v;
+      __syncthreads();
+      if (tid < N) {
+        acc_t sum = 0;
+        for (int j = 0; j < tile.groups; ++j) sum += partial[j * tile.cols + tid];
+        store(C, ldc, r, tid, sum, b);
+      }
+      if (r + 1 < m) __syncthreads();  // before the next row's partial sums
+    }
+    __syncthreads();
+  }
+
+  // Columns [c0, c1) of A W, as CUDABackend::gemm_weight takes them (the register weight: all).
   template <class scalar_t>
   static __device__ void gemm_weight(int64_t m, int64_t c0, int64_t c1, const scalar_t* A,
                                      int64_t lda, const Weight<scalar_t>& w, scalar_t beta,
                                      scalar_t* C, int64_t ldc) {
-    gemm(m, c1 - c0, w.K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+    if constexpr (kRegisterWeight) {
+      if (c0 != 0 || c1 != w.N) __trap();
+      register_gemm(int(m), A, int(lda), w, beta, C, int(ldc));
+    } else {
+      gemm(m, c1 - c0, w.K, A, lda, w.data + c0, w.N, beta, C + c0, ldc);
+    }
   }
 
   template <class scalar_t>
   static __device__ void copy(scalar_t* dst, const scalar_t* src, int64_t count) {
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) dst[i] = src[i];
+    for (int i = threadIdx.x; i < int(count); i += blockDim.x) dst[i] = src[i];
     __syncthreads();
   }
 
@@ -112,9 +242,14 @@ struct BlockBackend {
   static __device__ void pointwise(const F& f, int64_t rows, int64_t col_begin,
                                    int64_t col_end) {
     using V = at::opmath_type<typename F::scalar_type>;
-    const int64_t cols = col_end - col_begin;
-    for (int64_t i = threadIdx.x; i < rows * cols; i += blockDim.x) {
-      f.template apply<V>(i / cols, col_begin + i % cols);
+    const int cols = int(col_end - col_begin), total = int(rows) * cols;
+    if (rows == 1) {  // (a block of one row: no division)
+      for (int i = threadIdx.x; i < cols; i += blockDim.x) f.template apply<V>(0, col_begin + i);
+    } else {
+      for (int i = threadIdx.x; i < total; i += blockDim.x) {
+        const int r = i / cols;
+        f.template apply<V>(r, col_begin + (i - r * cols));
+      }
     }
     __syncthreads();
   }
@@ -179,38 +314,56 @@ __device__ void store_rows(scalar_t* global, const scalar_t* local, const Part& 
   }
 }
 
-template <class scalar_t, bool Train>
+// Where the kernel's recurrent weight is read from: this thread's registers (Regs: `reg`, which
+// the weight's `packed` then points at), shared memory (`to_shared`: the launch reserved room),
+// or where it is (L2).
+template <bool Regs, class scalar_t, int R>
+__device__ Weight<scalar_t> place_weight(SharedCarve<scalar_t>& carve, const Weight<scalar_t>& w,
+                                         bool to_shared, scalar_t (&reg)[R]) {
+  if constexpr (Regs) {
+    load_register_weight(w, reg);
+    Weight<scalar_t> held = w;
+    held.packed = reg;
+    return held;
+  } else {
+    return carve.weight(w, to_shared);
+  }
+}
+
+template <class scalar_t, bool Train, bool Regs>
 __global__ void __launch_bounds__(kBlockLoopMaxThreads)
     forward_block_loop(ScheduleView s, LayerDims d, bool reverse, int64_t rows_per_block,
                        ForwardBuffers<scalar_t> b, bool shared_weight) {
   const Part part = block_rows(s.B, d, rows_per_block);
   SharedCarve<scalar_t> carve;
   ForwardBuffers<scalar_t> local = b;
-  local.w_hh_t = carve.weight(b.w_hh_t, shared_weight);
+  scalar_t reg[Regs ? kWeightRegs : 1];
+  local.w_hh_t = place_weight<Regs>(carve, b.w_hh_t, shared_weight, reg);
   local.h_state = carve.rows(b.h_state, part, d.P, true);
   local.c_state = carve.rows(b.c_state, part, d.H, true);
   local.hg = carve.rows(b.hg, part, d.G, false);
   __syncthreads();
   BlockSync sync;
-  forward_loop<BlockBackend, scalar_t, Train>(s, d, reverse, part, sync, local);
+  forward_loop<BlockBackend<Regs>, scalar_t, Train>(s, d, reverse, part, sync, local);
   store_rows(b.h_state, local.h_state, part, d.P);
   store_rows(b.c_state, local.c_state, part, d.H);
 }
 
-template <class scalar_t>
+template <class scalar_t, bool Regs>
 __global__ void __launch_bounds__(kBlockLoopMaxThreads)
     backward_block_loop(ScheduleView s, LayerDims d, bool reverse, int64_t rows_per_block,
                         BackwardBuffers<scalar_t> b, bool shared_weight) {
   const Part part = block_rows(s.B, d, rows_per_block);
   SharedCarve<scalar_t> carve;
   BackwardBuffers<scalar_t> local = b;
-  local.w_hh = carve.weight(b.w_hh, shared_weight);
+  scalar_t reg[Regs ? kWeightRegs : 1];
+  local.w_hh = place_weight<Regs>(carve, b.w_hh, shared_weight, reg);
   local.dh_state = carve.rows(b.dh_state, part, d.P, true);
   local.dc_state = carve.rows(b.dc_state, part, d.H, true);
   local.dr = carve.rows(b.dr, part, d.H, false);
   __syncthreads();
   BlockSync sync;
-  backward_loop<BlockBackend, scalar_t>(s, d, reverse, part, sync, local);
+  backward_loop<BlockBackend<Regs>, scalar_t>(s, d, reverse, part, sync, local);
   store_rows(b.dh_state, local.dh_state, part, d.P);
   store_rows(b.dc_state, local.dc_state, part, d.H);
 }
@@ -242,7 +395,8 @@ struct BlockLaunch {
   bool use = false;
   int64_t blocks = 0, rows_per_block = 0, threads = 0;
   size_t shared = 0;  // dynamic shared memory: the weight if it fits, and the per-row buffers
-  bool shared_weight = false;
+  bool registers = false;      // the weight in registers (RegisterTile)
+  bool shared_weight = false;  // else in shared memory, else read from L2
 };
 
 template <class scalar_t>
@@ -263,13 +417,23 @@ BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, bool forward)
   const int64_t work = l.rows_per_block * d.G;
   l.threads = std::min<int64_t>(kBlockLoopMaxThreads,
                                std::max<int64_t>(128, (work + 31) / 32 * 32));
+  // The weight in registers where a block's threads can hold it: forward W_hh^T [P, G],
+  // backward W_hh [G, P]. fp32 only (a double takes two registers).
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const int64_t K = forward ? d.P : d.G, N = forward ? d.G : d.P;
+    const int need = RegisterTile::threads_for(K, N);
+    if (need > 0) {
+      l.threads = std::max<int64_t>(l.threads, need);
+      l.registers = RegisterTile::of(int(l.threads), K, N).fits(int(l.threads));
+    }
+  }
   // What the kernel's static shared memory (gemm's partial sums) leaves.
   const size_t room = prop->sharedMemPerBlockOptin -
                       kBlockLoopMaxThreads * sizeof(at::opmath_type<scalar_t>) - 1024;
   const size_t rows = size_t(shared_row_elems(d, l.rows_per_block, forward)) * sizeof(scalar_t);
   if (rows > room) return l;  // (only with many rows per block and wide layers)
   l.use = true;
-  l.shared_weight = rows + weight <= room;
+  l.shared_weight = !l.registers && rows + weight <= room;
   l.shared = rows + (l.shared_weight ? weight : 0);
   return l;
 }
@@ -309,9 +473,15 @@ bool block_forward(const Schedule& s, const LayerDims& d, bool reverse, bool tra
                    const ForwardBuffers<scalar_t>& b) {
   const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/true);
   if (!l.use) return false;
-  launch_block_loop(
-      train ? forward_block_loop<scalar_t, true> : forward_block_loop<scalar_t, false>, l, s, d,
-      reverse, b);
+  auto kernel = train ? forward_block_loop<scalar_t, true, false>
+                      : forward_block_loop<scalar_t, false, false>;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (l.registers) {
+      kernel = train ? forward_block_loop<scalar_t, true, true>
+                     : forward_block_loop<scalar_t, false, true>;
+    }
+  }
+  launch_block_loop(kernel, l, s, d, reverse, b);
   return true;
 }
 
@@ -320,7 +490,11 @@ bool block_backward(const Schedule& s, const LayerDims& d, bool reverse,
                     const BackwardBuffers<scalar_t>& b) {
   const BlockLaunch l = plan_block_loop<scalar_t>(s, d, /*forward=*/false);
   if (!l.use) return false;
-  launch_block_loop(backward_block_loop<scalar_t>, l, s, d, reverse, b);
+  auto kernel = backward_block_loop<scalar_t, false>;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (l.registers) kernel = backward_block_loop<scalar_t, true>;
+  }
+  launch_block_loop(kernel, l, s, d, reverse, b);
   return true;
 }
 
