@@ -5,8 +5,9 @@ fused_rnn and torch.nn (cuDNN), forward (no_grad) and forward+backward, per call
 
 The kernel rows say how much of a call is the time loop (fused_rnn's forward_block_loop /
 backward_block_loop, cuDNN's RNN kernels) and how much the GEMMs and copies around it; the
-difference between the sum and the call's wall time is host overhead. Also run under
-`ncu -k regex:block_loop` (scripts/gpu_check.sh with PROFILE=1) for the loop's stall reasons.
+difference between the sum and the call's wall time is host overhead (and the profiler's).
+scripts/ncu_block_loop.sh runs it, then the loop's kernels under Nsight Compute for their stall
+reasons.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@
 #if defined(__CUDACC__)
 #define FR_HD __host__ __device__ __forceinline__
 // The time loops (sequence.h): run by the host, or inside one CUDA kernel per layer
-// (cuda/block_loop.cuh), where a thread block runs the whole loop on its rows.
-// Inlined into the kernel, so that a weight held in registers stays there (block_loop.cuh).
+// (cuda/block_loop.cuh), where a thread block runs the whole loop on its rows; inlined there, so
+// that a weight held in the threads' registers stays in registers.
 #define FR_LOOP __host__ __device__ __forceinline__
 #else
 #define FR_HD inline

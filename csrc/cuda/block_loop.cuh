@@ -40,23 +40,20 @@ constexpr int kWeightRegs = 64;
 
 // Which part of a [K, N] weight thread t holds: column t % cols, rows [g * per, g * per + per)
 // of group g = t / cols (`cols`: N padded to whole warps, so that a warp's threads share their
-// rows and read the same elements of A). Whether it fits: one column per thread, at most
-// kWeightRegs rows each.
+// rows and read the same elements of A). It fits with one column per thread and at most
+// kWeightRegs rows each: with threads_for(K, N) threads or more.
 struct RegisterTile {
   int cols, groups, per;
 
+  __host__ __device__ static int64_t padded_cols(int64_t N) { return (N + 31) / 32 * 32; }
   __host__ __device__ static RegisterTile of(int threads, int64_t K, int64_t N) {
-    const int cols = int((N + 31) / 32 * 32);
+    const int cols = int(padded_cols(N));
     const int groups = threads / cols > 1 ? threads / cols : 1;
     return {cols, groups, int((K + groups - 1) / groups)};
   }
-  __host__ __device__ bool fits(int threads) const {
-    return cols <= threads && per <= kWeightRegs;
-  }
   // Threads that make the weight fit, or 0 where no block can hold it.
   static int threads_for(int64_t K, int64_t N) {
-    const int64_t cols = (N + 31) / 32 * 32;
-    const int64_t t = cols * ((K + kWeightRegs - 1) / kWeightRegs);
+    const int64_t t = padded_cols(N) * ((K + kWeightRegs - 1) / kWeightRegs);
     return t <= kBlockLoopMaxThreads ? int(t) : 0;
   }
 };
@@ -424,7 +421,7 @@ BlockLaunch plan_block_loop(const Schedule& s, const LayerDims& d, bool forward)
     const int need = RegisterTile::threads_for(K, N);
     if (need > 0) {
       l.threads = std::max<int64_t>(l.threads, need);
-      l.registers = RegisterTile::of(int(l.threads), K, N).fits(int(l.threads));
+      l.registers = true;
     }
   }
   // What the kernel's static shared memory (gemm's partial sums) leaves.
