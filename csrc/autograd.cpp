@@ -54,7 +54,7 @@ using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
     c10::string_view, const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
     const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
     bool, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-    const OptTensor&);
+    const OptTensor&, bool, bool);
 using BackwardOp = c10::TypedOperatorHandle<BackwardSignature>;
 
 BackwardOp find_backward_op(const char* name) {
@@ -139,7 +139,8 @@ struct RNNLayerBackward : public torch::autograd::Node {
         mode, x, to_optional(batch_sizes.unpack(self)), hx_t, to_optional(cx_t),
         w_ih.unpack(self), w_hh.unpack(self), to_optional(b_ih_t), to_optional(b_hh_t),
         to_optional(w_hr_t), reverse, ws, grad_output, grad_hy,
-        lstm ? OptTensor(grad_cy) : c10::nullopt, grad_cells);
+        lstm ? OptTensor(grad_cy) : c10::nullopt, grad_cells, should_compute_output(0),
+        should_compute_output(1));
     const at::Tensor none;
     return {g_input,
             g_hx,
@@ -207,7 +208,7 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
                       const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
                       const at::Tensor& workspace, const at::Tensor& grad_output,
                       const at::Tensor& grad_hy, const OptTensor& grad_cy,
-                      const OptTensor& grad_cell_states) {
+                      const OptTensor& grad_cell_states, bool input_grad, bool hx_grad) {
   auto needs_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
   const bool any = input.requires_grad() || hx.requires_grad() || needs_grad(cx) ||
                    w_ih.requires_grad() || w_hh.requires_grad() || needs_grad(b_ih) ||
@@ -218,7 +219,7 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return backward_op(Consume).call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                    w_hr, reverse, workspace, grad_output, grad_hy, grad_cy,
-                                   grad_cell_states);
+                                   grad_cell_states, input_grad, hx_grad);
 }
 
 }  // namespace

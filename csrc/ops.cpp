@@ -13,7 +13,11 @@
 // [T, B, H] or [N, H] (empty unless asked for), workspace.
 //
 // rnn_backward returns the gradients of input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr from the
-// forward's arguments, its workspace and the gradients of its outputs. rnn_backward_consume is
+// forward's arguments, its workspace and the gradients of its outputs. With input_grad or
+// hx_grad False that gradient is not computed (the product of the gate gradients with W_ih
+// after the loop, with W_hh at the first step) and is returned as zeros: the autograd node
+// passes whether anything needs it (a model's h0 of zeros, a first layer's data input).
+// rnn_backward_consume is
 // the same, but writes its gate gradients over the workspace instead of a new [N, gates]
 // buffer, which leaves the workspace unusable: the autograd node calls it when the graph is
 // not retained (csrc/autograd.cpp). Its `mode` is named `cell` because torch.compile's wrapper
@@ -53,14 +57,14 @@ TORCH_LIBRARY(fused_rnn, m) {
       "rnn_backward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
       "Tensor workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy, "
-      "Tensor? grad_cell_states=None) -> (Tensor "
+      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True) -> (Tensor "
       "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
       "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
   m.def(
       "rnn_backward_consume(str cell, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
       "Tensor(a!) workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy, "
-      "Tensor? grad_cell_states=None) -> (Tensor "
+      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True) -> (Tensor "
       "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
       "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
 }

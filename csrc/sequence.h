@@ -437,6 +437,7 @@ struct BackwardBuffers {
   scalar_t* dgates;         // [N, saved_cols]
   scalar_t* dh_all;         // [N, P] (projected)
   scalar_t* dr;             // [B, H] (projected)
+  bool hx_grad;             // false: no dh_{t-1} product at the first step (nothing needs dh_0)
 };
 
 #if defined(__CUDACC__)
@@ -495,6 +496,7 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
     }
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
+    if (step == 0 && !b.hx_grad) break;
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
     if (part.units_split) sync();
     Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);
@@ -612,12 +614,14 @@ ForwardResult layer_forward(const ForwardArgs& a) {
 
 // `consume`: the gate gradients are written over the workspace's saved gates (as each step's
 // gates are read, they are no longer needed), so the backward pass allocates no [N, G] buffer;
-// the workspace cannot be used again afterwards.
+// the workspace cannot be used again afterwards. Without `input_grad` / `hx_grad` those
+// gradients are zeros, their products skipped.
 template <class Backend, class scalar_t>
 BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
                               const at::Tensor& grad_output, const at::Tensor& grad_hy,
                               const c10::optional<at::Tensor>& grad_cy,
-                              const c10::optional<at::Tensor>& grad_cell_states, bool consume) {
+                              const c10::optional<at::Tensor>& grad_cell_states, bool consume,
+                              bool input_grad = true, bool hx_grad = true) {
   auto [s, d] = check_layer_args(a);
   TORCH_CHECK(workspace.numel() == s.N * d.ws_cols(),
               "fused_rnn: the workspace does not match this layer (was the forward run with "
@@ -666,7 +670,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
         dh_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
         dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
-        d.proj ? dr.data_ptr<scalar_t>() : nullptr};
+        d.proj ? dr.data_ptr<scalar_t>() : nullptr, hx_grad};
     if (!Backend::template fused_backward<scalar_t>(s, d, a.reverse, buffers)) {
       Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
         backward_loop<Backend, scalar_t>(s, d, a.reverse, part, sync, buffers);
@@ -688,7 +692,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   Backend::concurrently(
       s.N * d.G * std::max(d.I, d.P),
       [&] {
-        grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
+        grad_input = input_grad ? Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x)
+                                : at::zeros(x.sizes(), opts);
         grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
       },
       [&] {
@@ -709,6 +714,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     grad_w_hr = Backend::template grad_weight<scalar_t>(
         dh_all, workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
   }
+  if (!hx_grad) dh_state.zero_();  // (the loop left a partial sum there, or none)
   return {grad_input, dh_state,  dc_state,  grad_w_ih,
           grad_w_hh,  grad_b_ih, grad_b_hh, grad_w_hr};
 }
@@ -750,7 +756,8 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             const c10::optional<at::Tensor>& w_hr, bool reverse,
                             const at::Tensor& workspace, const at::Tensor& grad_output,
                             const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy,
-                            const c10::optional<at::Tensor>& grad_cell_states) {
+                            const c10::optional<at::Tensor>& grad_cell_states,
+                            bool input_grad = true, bool hx_grad = true) {
   const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse, true, false};
   typename Backend::DeviceGuard guard(input.device());
@@ -759,7 +766,7 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
   Backend::dispatch(input.scalar_type(), [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
     result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy,
-                                               grad_cell_states, Consume);
+                                               grad_cell_states, Consume, input_grad, hx_grad);
   });
   return result;
 }

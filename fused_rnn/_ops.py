@@ -69,7 +69,8 @@ def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, 
 
 @torch.library.register_fake("fused_rnn::rnn_backward")
 def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                       workspace, grad_output, grad_hy, grad_cy, grad_cell_states=None):
+                       workspace, grad_output, grad_hy, grad_cy, grad_cell_states=None,
+                       input_grad=True, hx_grad=True):
     def like(t):  # the kernel returns contiguous gradients, whatever the inputs' strides
         return t.new_empty(t.shape) if t is not None else input.new_empty((0,))
 

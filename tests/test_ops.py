@@ -95,6 +95,55 @@ def test_backward_ops_agree(case, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flags", [(False, True), (True, False), (False, False)],
+                         ids=["no_input_grad", "no_hx_grad", "neither"])
+@pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
+def test_backward_skips_unneeded_grads(case, flags, device):
+    """input_grad / hx_grad False: that gradient comes back as zeros, every other one exactly
+    as with both True (skipping a product changes nothing else)."""
+    input_grad, hx_grad = flags
+    args = layer_args(**case, requires_grad=False, device=device)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grads = (torch.randn_like(output), torch.randn_like(hy),
+             torch.randn_like(cy) if args[0] == "LSTM" else None,
+             torch.randn_like(cells) if case["cells"] else None)
+    full = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads)
+    part = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads,
+                                            input_grad=input_grad, hx_grad=hx_grad)
+    for i, (a, b) in enumerate(zip(full, part, strict=True)):
+        skipped = (i == 0 and not input_grad) or (i == 1 and not hx_grad)
+        torch.testing.assert_close(b, torch.zeros_like(a) if skipped else a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("x_grad,h0", [(True, None), (False, None), (False, "grad"),
+                                        (True, "plain")])
+def test_module_grads_when_input_or_h0_need_none(mode, x_grad, h0):
+    """The autograd node asks for the input's and h0's gradients only where something needs
+    them (a data input, the zeros h0 of a model called without one): every gradient that is
+    computed is still torch.nn's, two layers deep (the second layer's input always needs it)."""
+    torch.manual_seed(0)
+    cls = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
+    kw = {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"} if cls == "RNN" else {}
+    ref = getattr(torch.nn, cls)(I, H, num_layers=2, dtype=torch.float64, **kw)
+    fused = getattr(fused_rnn, cls)(I, H, num_layers=2, dtype=torch.float64, **kw)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=x_grad)
+    hx = None
+    if h0 is not None:
+        h = torch.randn(2, B, H, dtype=torch.float64, requires_grad=h0 == "grad")
+        hx = (h, torch.randn(2, B, H, dtype=torch.float64)) if mode == "LSTM" else h
+    leaves = [t for t in [x] + ([hx[0]] if mode == "LSTM" and hx else [hx] if hx is not None
+                                else []) if t is not None and t.requires_grad]
+    results = []
+    for m in (ref, fused):
+        out, _ = m(x, hx)
+        results.append(torch.autograd.grad(out.sin().sum(), leaves + list(m.parameters())))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_gradcheck(case, device):
     args = layer_args(**case, device=device)
