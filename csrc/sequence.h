@@ -494,9 +494,10 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
         break;
       }
     }
+    // dh_0 only where hx's gradient is wanted (every part decides alike: no barrier is left).
+    if (step == 0 && !b.hx_grad) break;
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
-    if (step == 0 && !b.hx_grad) break;
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
     if (part.units_split) sync();
     Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);

@@ -63,19 +63,25 @@ def test_opcheck_forward(case, device):
     torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, args)
 
 
+def backward_inputs(case, device):
+    """A forward op call's arguments, its workspace and random output gradients."""
+    args = layer_args(**case, requires_grad=False, device=device)
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grads = (torch.randn_like(output), torch.randn_like(hy),
+             torch.randn_like(cy) if args[0] == "LSTM" else None,
+             torch.randn_like(cells) if case["cells"] else None)
+    return args, workspace, grads
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["rnn_backward", "rnn_backward_consume"])
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
 def test_opcheck_backward(case, op, device):
     """Both backward ops; opcheck also checks that rnn_backward_consume mutates nothing but its
     (declared) workspace, and that the plain op mutates nothing."""
-    args = layer_args(**case, requires_grad=False, device=device)
-    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
-    mode = args[0]
-    bw_args = (*args[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
-               torch.randn_like(cy) if mode == "LSTM" else None,
-               torch.randn_like(cells) if case["cells"] else None)
-    torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default, bw_args)
+    args, workspace, grads = backward_inputs(case, device)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default,
+                          (*args[:11], workspace, *grads))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -83,11 +89,7 @@ def test_opcheck_backward(case, op, device):
 def test_backward_ops_agree(case, device):
     """rnn_backward_consume returns exactly rnn_backward's gradients (bitwise: the same
     arithmetic in the same order, only the buffer differs)."""
-    args = layer_args(**case, requires_grad=False, device=device)
-    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
-    grads = (torch.randn_like(output), torch.randn_like(hy),
-             torch.randn_like(cy) if args[0] == "LSTM" else None,
-             torch.randn_like(cells) if case["cells"] else None)
+    args, workspace, grads = backward_inputs(case, device)
     plain = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads)
     consumed = torch.ops.fused_rnn.rnn_backward_consume(*args[:11], workspace.clone(), *grads)
     for a, b in zip(plain, consumed, strict=True):
@@ -102,11 +104,7 @@ def test_backward_skips_unneeded_grads(case, flags, device):
     """input_grad / hx_grad False: that gradient comes back as zeros, every other one exactly
     as with both True (skipping a product changes nothing else)."""
     input_grad, hx_grad = flags
-    args = layer_args(**case, requires_grad=False, device=device)
-    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
-    grads = (torch.randn_like(output), torch.randn_like(hy),
-             torch.randn_like(cy) if args[0] == "LSTM" else None,
-             torch.randn_like(cells) if case["cells"] else None)
+    args, workspace, grads = backward_inputs(case, device)
     full = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads)
     part = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads,
                                             input_grad=input_grad, hx_grad=hx_grad)
