@@ -19,6 +19,10 @@
 //   column_sums<scalar_t>(dgates)                                  after the loop
 //   concurrently(product, a, b)                                    a() and b(), independent,
 //                                                                  at once where it pays
+//   kStepGradients; where true also                                whether to sum the weight,
+//   gradients_in_loop(schedule, dims, parts, x),                   bias and input gradients
+//   step_gradients_size(dims), run_gradients(dims, part, buffers,  inside the backward loop
+//   run), finish_gradients<scalar_t>(dims, g, sums)                (StepGradients), and how
 //   empty(sizes, options), contiguous(t), row_major<scalar_t>(w)   its buffers, its copies
 //   fused_forward<scalar_t>(s, d, reverse, train, ForwardBuffers)  the whole loop run its own way
 //   fused_backward<scalar_t>(s, d, reverse, BackwardBuffers)       (true), or not (false: the
@@ -421,6 +425,9 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
   }
 }
 
+template <class scalar_t>
+struct StepGradients;
+
 // The buffers of one layer's backward loop. `dgates` is [N, saved_cols] (see the backward
 // functors in cells.h for its layout); its first G columns of each row are the gradient of the
 // recurrent pre-activation, which meets `w_hh` (for GRU, with its gate rows rolled to the order
@@ -438,7 +445,67 @@ struct BackwardBuffers {
   scalar_t* dh_all;         // [N, P] (projected)
   scalar_t* dr;             // [B, H] (projected)
   bool hx_grad;             // false: no dh_{t-1} product at the first step (nothing needs dh_0)
+  const StepGradients<scalar_t>* step_grads;  // host only: the gradients inside the loop, or null
 };
+
+// The weight and bias gradients inside the backward loop (backends with kStepGradients, where
+// gradients_in_loop says so), and the input gradient with them: each row part adds its own
+// rows' share into its own partial sums, a chunk of steps at a time, while those steps' gate
+// gradients are still in cache. After the loop each of these products would stream all [N, S]
+// gate gradients from memory again (IMDB's LSTM: 16 MB, four times); the parts' partial sums
+// are added after it instead.
+// x: the layer's input, its rows as `rows` says; w_ih: W_ih [G, I] as dx = dgates_x W_ih reads
+// it; grad_input: [N, I] time-major rows, or null (not wanted); sums: [parts][sums_size] zeros,
+// laid out as the backend's run_gradients and finish_gradients agree; chunk: gate-gradient
+// elements per chunk (at least one step's); sum_x / sum_h: the column sums of the input side's /
+// the recurrent side's gate gradients (the bias gradients) are wanted.
+template <class scalar_t>
+struct StepGradients {
+  const scalar_t* x;
+  RowBlocks rows;
+  Weight<scalar_t> w_ih;
+  scalar_t* grad_input;
+  scalar_t* sums;
+  int64_t sums_size;
+  int64_t chunk;
+  bool sum_x, sum_h;
+};
+
+// Steps of a chunk whose rows the products take in one pass: `steps` steps of `rows` rows of one
+// part each, the first at time-major row `off` (x's element x_off), each next one `d_off` rows
+// (x: d_x elements) on.
+struct GradientRun {
+  int64_t steps, rows, off, x_off, d_off, d_x;
+};
+
+// The gradients of `part`'s rows at processing steps first down to last (backward order), as
+// runs of evenly spaced steps with the same number of rows (all of a padded batch's steps; a
+// packed batch's between the steps where sequences end).
+template <class Backend, class scalar_t>
+void gradient_chunk(const Schedule& s, const LayerDims& d, bool reverse, const Part& part,
+                    const BackwardBuffers<scalar_t>& b, int64_t first, int64_t last) {
+  const StepGradients<scalar_t>& g = *b.step_grads;
+  GradientRun run{0, 0, 0, 0, 0, 0};
+  for (int64_t step = first; step >= last; --step) {
+    const int64_t t = s.step(step, reverse);
+    const int64_t n = part.rows(s, t);
+    if (n == 0) continue;
+    const int64_t off = part.offset(s, t), x_off = g.rows.offset_of(off);
+    if (run.steps > 0 && n == run.rows) {
+      if (run.steps == 1) {
+        run.d_off = off - run.off;
+        run.d_x = x_off - run.x_off;
+      }
+      if (off == run.off + run.steps * run.d_off && x_off == run.x_off + run.steps * run.d_x) {
+        ++run.steps;
+        continue;
+      }
+    }
+    if (run.steps > 0) Backend::run_gradients(d, part, b, run);
+    run = GradientRun{1, n, off, x_off, 0, 0};
+  }
+  if (run.steps > 0) Backend::run_gradients(d, part, b, run);
+}
 
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
@@ -454,6 +521,8 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
   scalar_t* dh_state = b.dh_state + part.begin * P;
   scalar_t* dc_state = b.dc_state ? b.dc_state + part.begin * H : nullptr;
   scalar_t* dr = b.dr ? b.dr + part.begin * H : nullptr;
+  // Step gradients: the chunk not yet taken runs from processing step chunk_first down.
+  int64_t chunk_first = -1, chunk_elements = 0;
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.step(step, reverse);
     const int64_t n = part.rows(s, t), off = part.offset(s, t);
@@ -494,6 +563,17 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
         break;
       }
     }
+    if constexpr (Backend::kStepGradients) {
+      if (b.step_grads) {
+        if (chunk_first < 0) chunk_first = step;
+        chunk_elements += n * S;
+        if (chunk_elements >= b.step_grads->chunk) {
+          gradient_chunk<Backend>(s, d, reverse, part, b, chunk_first, step);
+          chunk_first = -1;
+          chunk_elements = 0;
+        }
+      }
+    }
     // dh_0 only where hx's gradient is wanted (every part decides alike: no barrier is left).
     if (step == 0 && !b.hx_grad) break;
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
@@ -501,6 +581,9 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
     if (part.units_split) sync();
     Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);
+  }
+  if constexpr (Backend::kStepGradients) {
+    if (chunk_first >= 0) gradient_chunk<Backend>(s, d, reverse, part, b, chunk_first, int64_t(0));
   }
 }
 
@@ -657,6 +740,28 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   at::Tensor dh_all = Backend::empty({d.proj ? s.N : 0, d.P}, opts);
   at::Tensor dr = at::empty({d.proj ? s.B : 0, d.H}, opts);
 
+  // Bias gradients: column sums of the gate gradients. Both biases of LSTM/RNN meet the same
+  // pre-activation; GRU's b_hh meets the recurrent side (n gate inside r * (...)).
+  const bool sum_input_side = a.b_ih || (a.b_hh && !gru);
+  const std::vector<Part> parts = Backend::plan(s, d);
+  // The weight, bias and input gradients inside the loop (StepGradients), or after it.
+  c10::optional<StepGradients<scalar_t>> step_grads;
+  HeldWeight<scalar_t> w_ih;
+  at::Tensor sums, grad_input;
+  if constexpr (Backend::kStepGradients) {
+    if (s.N > 0 && Backend::gradients_in_loop(s, d, parts, x)) {
+      const int64_t size = Backend::step_gradients_size(d);
+      sums = at::zeros({int64_t(parts.size()), size}, opts);
+      if (input_grad) {
+        w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I);
+        grad_input = Backend::empty(x.sizes(), opts);
+      }
+      step_grads = StepGradients<scalar_t>{
+          x.const_data_ptr<scalar_t>(), *RowBlocks::of(x), w_ih.view(),
+          input_grad ? grad_input.data_ptr<scalar_t>() : nullptr, sums.data_ptr<scalar_t>(), size,
+          Backend::kStepGradientChunk, sum_input_side, gru && a.b_hh.has_value()};
+    }
+  }
   if (s.N > 0) {
     const HeldWeight<scalar_t> w_hh =
         hold_weight<Backend, scalar_t>(gru ? a.w_hh.roll(d.H, 0) : a.w_hh, d.P);
@@ -671,9 +776,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
         dh_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
         dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
-        d.proj ? dr.data_ptr<scalar_t>() : nullptr, hx_grad};
+        d.proj ? dr.data_ptr<scalar_t>() : nullptr, hx_grad, step_grads ? &*step_grads : nullptr};
     if (!Backend::template fused_backward<scalar_t>(s, d, a.reverse, buffers)) {
-      Backend::for_each_part(Backend::plan(s, d), [&](const Part& part, auto& sync) {
+      Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
         backward_loop<Backend, scalar_t>(s, d, a.reverse, part, sync, buffers);
       });
     }
@@ -684,24 +789,30 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const at::Tensor dgates_x = dgates.narrow(1, S - d.G, d.G);
   const at::Tensor dgates_h = dgates.narrow(1, 0, d.G);
   const at::Tensor h_prev = workspace.narrow(0, s.N * S, s.N * d.P).view({s.N, d.P});
-  // Bias gradients: column sums of the gate gradients. Both biases of LSTM/RNN meet the same
-  // pre-activation; GRU's b_hh meets the recurrent side (n gate inside r * (...)).
-  const bool sum_input_side = a.b_ih || (a.b_hh && !gru);
-  at::Tensor grad_input, grad_w_ih, grad_w_hh, sum_x, sum_h;
-  // The input side and the recurrent side are independent: the backend may run them at once
-  // (given the multiply-adds of the largest product).
-  Backend::concurrently(
-      s.N * d.G * std::max(d.I, d.P),
-      [&] {
-        grad_input = input_grad ? Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x)
-                                : at::zeros(x.sizes(), opts);
-        grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
-      },
-      [&] {
-        grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
-        if (sum_input_side) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
-        if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
-      });
+  at::Tensor grad_w_ih, grad_w_hh, sum_x, sum_h;
+  if constexpr (Backend::kStepGradients) {
+    if (step_grads) {  // the parts' partial sums added
+      std::tie(grad_w_ih, grad_w_hh, sum_x, sum_h) =
+          Backend::template finish_gradients<scalar_t>(d, *step_grads, sums);
+      if (!input_grad) grad_input = at::zeros(x.sizes(), opts);
+    }
+  }
+  if (!step_grads) {
+    // The input side and the recurrent side are independent: the backend may run them at once
+    // (given the multiply-adds of the largest product).
+    Backend::concurrently(
+        s.N * d.G * std::max(d.I, d.P),
+        [&] {
+          grad_input = input_grad ? Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x)
+                                  : at::zeros(x.sizes(), opts);
+          grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
+        },
+        [&] {
+          grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
+          if (sum_input_side) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
+          if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
+        });
+  }
   at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
   if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);

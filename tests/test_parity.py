@@ -325,3 +325,57 @@ def test_step_projection(mode, parts, layout, threads):
         assert_same_run(ref, fused, call, [x])
     finally:
         torch.set_num_threads(saved)
+
+
+# Where a layer's gate gradients reach 1M elements (csrc/cpu/backend.h:
+# kStepGradientMinElements) and a row part's partial sums of dW_ih, dW_hh and the biases fit in
+# 32K elements (kStepGradientMaxSums), the CPU computes the weight, bias and input gradients
+# inside the backward loop, a chunk of steps at a time (sequence.h: gradient_chunk).
+STEP_GRADIENT_MIN = 1024 * 1024
+STEP_GRADIENT_CONFIGS = {  # name -> (mode, hidden, constructor kwargs, saved columns per unit)
+    "LSTM": ("LSTM", 48, {}, 4),
+    "LSTM_proj": ("LSTM", 48, {"proj_size": 20}, 4),
+    "GRU": ("GRU", 48, {}, 4),
+    "GRU_no_bias": ("GRU", 48, {"bias": False}, 4),
+    "RNN_TANH": ("RNN_TANH", 160, {}, 1),  # (RNN_RELU differs only in the gate math)
+}
+
+
+@pytest.mark.parametrize("config", list(STEP_GRADIENT_CONFIGS))
+@pytest.mark.parametrize("layout", ["padded", "packed_bidirectional", "batch_first"])
+@pytest.mark.parametrize("grads", ["all", "weights_only"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_gradients(config, layout, grads, threads):
+    """Weight, bias and input gradients summed inside the backward loop, in chunks of steps, by
+    one part or two: padded, packed (runs of steps end where sequences do; both directions)
+    and batch-first (x read as a strided view); with the input's and h0's gradients, and without
+    (no dx, no dh_0 product), against torch.nn."""
+    mode, hidden, kwargs, per_unit = STEP_GRADIENT_CONFIGS[config]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch, inp, dirs = 48, 16, 2 if layout == "packed_bidirectional" else 1
+        # Every length at least half the steps: N * saved columns passes the threshold, packed too.
+        steps = 2 * STEP_GRADIENT_MIN // (batch * per_unit * hidden) + 8
+        lengths = [steps - (7 * i) % (steps // 2) for i in range(batch)]
+        ref, fused = make_pair(mode, inp, hidden, bidirectional=dirs == 2,
+                               batch_first=layout == "batch_first", **kwargs)
+        shape = (batch, steps, inp) if layout == "batch_first" else (steps, batch, inp)
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=grads == "all")
+        leaves, hx = [], None
+        if grads == "all":
+            state = kwargs.get("proj_size") or hidden
+            leaves = [x, torch.randn(dirs, batch, state, dtype=torch.float64, requires_grad=True)]
+            if mode == "LSTM":
+                leaves.append(torch.randn(dirs, batch, hidden, dtype=torch.float64,
+                                          requires_grad=True))
+            hx = tuple(leaves[1:]) if mode == "LSTM" else leaves[1]
+
+        def call(m):
+            data = (pack_padded_sequence(x, lengths, enforce_sorted=False)
+                    if layout == "packed_bidirectional" else x)
+            return m(data) if hx is None else m(data, hx)
+
+        assert_same_run(ref, fused, call, leaves)
+    finally:
+        torch.set_num_threads(saved)

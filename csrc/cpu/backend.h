@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstring>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -285,17 +286,32 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
+// The loops over a product's R rows fully unrolled: GCC then keeps the accumulator arrays in
+// registers; without it (once the reduction runs over several runs) it kept them on the stack,
+// storing all twelve on every multiply-add step.
+#define FR_UNROLL_ROWS _Pragma("GCC unroll 8")
+
+// The reduction of a product repeated over `count` runs of k terms each, A and B advancing by
+// a_step / b_step elements from one run to the next: C = sum over runs of A_run B_run, in
+// registers throughout. (The weight gradients inside the backward loop: a part's rows of
+// several steps, a step's batch apart in the time-major buffers.)
+struct Runs {
+  int64_t count = 1, a_step = 0, b_step = 0;
+};
+
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small products of the seed models
 // (H = 3..128), where a BLAS call costs more in overhead and packing than the arithmetic: R rows
 // x 2 lanes of accumulators, B's rows streamed from cache, a masked lane for the last columns.
 // A is read through two strides (element (r, p) at A[r * a_rs + p * a_cs]), so A^T B needs no
 // transposed copy.
 // With beta == 0, `bias` (if not null) is added to every row: C = A B + bias.
-template <int R, class T>
+// (kRuns false: one run, known at compile time, so the ordinary products keep their code.)
+template <int R, bool kRuns, class T>
 void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-               int64_t ldb, T beta, T* C, int64_t ldc, const T* bias) {
+               int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const Runs& runs) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
+  const int64_t run_count = kRuns ? runs.count : 1;
   // The accumulators' start, through `load` (a full lane, or the masked last one).
   auto init = [&](int r, int64_t j, const auto& load) {
     if (beta != T(0)) return load(C + r * ldc + j) * Vec(beta);
@@ -305,41 +321,51 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
     Vec acc[R][2];
+    FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
       acc[r][0] = init(r, j, full);
       acc[r][1] = init(r, j + W, full);
     }
-    int64_t p = 0;
-    if constexpr (R <= 2) {
-      // 2R chains of dependent multiply-adds cannot hide the FMA latency (batch 1-2 rows per
-      // step): a second set for odd p doubles them (14 of the 16 registers at R = 2).
-      Vec odd[R][2];
-      for (int r = 0; r < R; ++r) odd[r][0] = odd[r][1] = Vec(T(0));
-      for (; p + 2 <= k; p += 2) {
-        const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
-        const Vec c0 = Vec::loadu(B + (p + 1) * ldb + j);
-        const Vec c1 = Vec::loadu(B + (p + 1) * ldb + j + W);
+    for (int64_t run = 0; run < run_count; ++run) {
+      const T* a = A + run * runs.a_step;
+      const T* b = B + run * runs.b_step + j;
+      int64_t p = 0;
+      if constexpr (R <= 2) {
+        // 2R chains of dependent multiply-adds cannot hide the FMA latency (batch 1-2 rows per
+        // step): a second set for odd p doubles them (14 of the 16 registers at R = 2).
+        Vec odd[R][2];
+        FR_UNROLL_ROWS
+        for (int r = 0; r < R; ++r) odd[r][0] = odd[r][1] = Vec(T(0));
+        for (; p + 2 <= k; p += 2) {
+          const Vec b0 = Vec::loadu(b + p * ldb), b1 = Vec::loadu(b + p * ldb + W);
+          const Vec c0 = Vec::loadu(b + (p + 1) * ldb);
+          const Vec c1 = Vec::loadu(b + (p + 1) * ldb + W);
+          FR_UNROLL_ROWS
+          for (int r = 0; r < R; ++r) {
+            const Vec a0(a[r * a_rs + p * a_cs]), a1(a[r * a_rs + (p + 1) * a_cs]);
+            acc[r][0] = at::vec::fmadd(a0, b0, acc[r][0]);
+            acc[r][1] = at::vec::fmadd(a0, b1, acc[r][1]);
+            odd[r][0] = at::vec::fmadd(a1, c0, odd[r][0]);
+            odd[r][1] = at::vec::fmadd(a1, c1, odd[r][1]);
+          }
+        }
+        FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
-          const Vec a(A[r * a_rs + p * a_cs]), a2(A[r * a_rs + (p + 1) * a_cs]);
-          acc[r][0] = at::vec::fmadd(a, b0, acc[r][0]);
-          acc[r][1] = at::vec::fmadd(a, b1, acc[r][1]);
-          odd[r][0] = at::vec::fmadd(a2, c0, odd[r][0]);
-          odd[r][1] = at::vec::fmadd(a2, c1, odd[r][1]);
+          acc[r][0] = acc[r][0] + odd[r][0];
+          acc[r][1] = acc[r][1] + odd[r][1];
         }
       }
-      for (int r = 0; r < R; ++r) {
-        acc[r][0] = acc[r][0] + odd[r][0];
-        acc[r][1] = acc[r][1] + odd[r][1];
+      for (; p < k; ++p) {
+        const Vec b0 = Vec::loadu(b + p * ldb), b1 = Vec::loadu(b + p * ldb + W);
+        FR_UNROLL_ROWS
+        for (int r = 0; r < R; ++r) {
+          const Vec a0(a[r * a_rs + p * a_cs]);
+          acc[r][0] = at::vec::fmadd(a0, b0, acc[r][0]);
+          acc[r][1] = at::vec::fmadd(a0, b1, acc[r][1]);
+        }
       }
     }
-    for (; p < k; ++p) {
-      const Vec b0 = Vec::loadu(B + p * ldb + j), b1 = Vec::loadu(B + p * ldb + j + W);
-      for (int r = 0; r < R; ++r) {
-        const Vec a(A[r * a_rs + p * a_cs]);
-        acc[r][0] = at::vec::fmadd(a, b0, acc[r][0]);
-        acc[r][1] = at::vec::fmadd(a, b1, acc[r][1]);
-      }
-    }
+    FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
       acc[r][0].store(C + r * ldc + j);
       acc[r][1].store(C + r * ldc + j + W);
@@ -351,44 +377,65 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     const LaneMask<T> lane(std::min<int64_t>(W, n - j));
     const auto masked = [&](const T* p) { return lane.load(p); };
     Vec acc[R], acc2[R];
+    FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
       acc[r] = init(r, j, masked);
       acc2[r] = Vec(T(0));
     }
-    int64_t p = 0;
-    for (; p + 2 <= k; p += 2) {
-      const Vec b0 = lane.load(B + p * ldb + j), b1 = lane.load(B + (p + 1) * ldb + j);
-      for (int r = 0; r < R; ++r) {
-        acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
-        acc2[r] = at::vec::fmadd(Vec(A[r * a_rs + (p + 1) * a_cs]), b1, acc2[r]);
+    for (int64_t run = 0; run < run_count; ++run) {
+      const T* a = A + run * runs.a_step;
+      const T* b = B + run * runs.b_step + j;
+      int64_t p = 0;
+      for (; p + 2 <= k; p += 2) {
+        const Vec b0 = lane.load(b + p * ldb), b1 = lane.load(b + (p + 1) * ldb);
+        FR_UNROLL_ROWS
+        for (int r = 0; r < R; ++r) {
+          acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
+          acc2[r] = at::vec::fmadd(Vec(a[r * a_rs + (p + 1) * a_cs]), b1, acc2[r]);
+        }
+      }
+      if (p < k) {
+        const Vec b0 = lane.load(b + p * ldb);
+        FR_UNROLL_ROWS
+        for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
       }
     }
-    if (p < k) {
-      const Vec b0 = lane.load(B + p * ldb + j);
-      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(A[r * a_rs + p * a_cs]), b0, acc[r]);
-    }
+    FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r] + acc2[r]);
   }
 }
 
 // Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
-template <class T>
-void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
-                const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr) {
+template <bool kRuns, class T>
+void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
+                     const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
+                     const Runs& runs) {
   int64_t i = 0;
   for (; i + 6 <= m; i += 6) {
-    gemm_rows<6>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc, bias);
+    gemm_rows<6, kRuns>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc, bias,
+                        runs);
   }
   const T* a = A + i * a_rs;
   T* c = C + i * ldc;
   switch (m - i) {
-    case 5: return gemm_rows<5>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
-    case 4: return gemm_rows<4>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
-    case 3: return gemm_rows<3>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
-    case 2: return gemm_rows<2>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
-    case 1: return gemm_rows<1>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias);
+    case 5: return gemm_rows<5, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
+    case 4: return gemm_rows<4, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
+    case 3: return gemm_rows<3, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
+    case 2: return gemm_rows<2, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
+    case 1: return gemm_rows<1, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
     default: return;
   }
+}
+
+// C = A B (+ beta C, + bias) for any m, its reduction over `runs` (one by default).
+template <class T>
+void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr,
+                const Runs& runs = Runs{}) {
+  if (runs.count != 1) {
+    return small_gemm_rows<true>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
+  }
+  small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
 }
 
 // Threads of one parallel team meeting once per step (unit parts, sequence.h): a counter and a
@@ -756,6 +803,15 @@ struct CPUBackend {
     return double(n) / double((n + W - 1) / W * W);
   }
 
+  // The lanes of a weight gradient's product run along the rows of its result: dW [G, K] itself,
+  // or dW^T = inputs^T dgates where G fills them better (the seed models' K = 3-4 inputs), then
+  // transposed. (Transposing a [128, 512] result cost ~65 us here, half a batch-16, 5-step
+  // LSTM's backward kernel.)
+  template <class scalar_t>
+  static bool grad_weight_transposed(int64_t G, int64_t K) {
+    return lane_fill<scalar_t>(G) > lane_fill<scalar_t>(K);
+  }
+
   // dW [G, K] = dgates^T [G, N] inputs [N, K]: inputs as project_input's x (or [N, K]); dgates
   // may be a column block of a wider matrix.
   template <class scalar_t>
@@ -766,10 +822,7 @@ struct CPUBackend {
       return aten_grad_weight(dgates, inputs);
     }
     if (N == 0) return at::zeros({G, K}, dgates.options());
-    // The lanes run along the rows of the result: dW itself, or dW^T = inputs^T dgates where G
-    // fills them better (the seed models' K = 3-4 inputs), then transposed. (Transposing a
-    // [128, 512] result cost ~65 us here, half a batch-16, 5-step LSTM's backward kernel.)
-    const bool transposed = lane_fill<scalar_t>(G) > lane_fill<scalar_t>(K);
+    const bool transposed = grad_weight_transposed<scalar_t>(G, K);
     const int64_t rows = transposed ? K : G, cols = transposed ? G : K;
     at::Tensor out = empty({rows, cols}, dgates.options());
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
@@ -807,6 +860,109 @@ struct CPUBackend {
     rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), RowBlocks{1, N, 0, dgates.stride(0)},
                            N, w.view(), nullptr, grad.data_ptr<scalar_t>(), K);
     return grad;
+  }
+
+  // The weight, bias and input gradients inside the backward loop (StepGradients, sequence.h)
+  // where the gate gradients outgrow both cores' L2 (kStepGradientMinElements: after the loop
+  // MKL's products and ATen's column sums would stream them from L3 or memory, four times), on
+  // row parts (a unit part has only its units' gate gradients), while a part's partial sums of
+  // dW_ih, dW_hh and the biases (kStepGradientMaxSums elements at most) stay in its core's L2
+  // beside a chunk of kStepGradientChunk gate-gradient elements, the same steps' inputs and the
+  // packed weights. Measured (backward op, best of 4-6 runs each, alternating builds): IMDB's
+  // LSTM 14.2-14.5 -> 13.2-13.5 ms on 2 threads, 25-30 -> 22-23 on 1; its GRU 14.3 -> 12.0-12.8.
+  // Where the gate gradients fit in cache MKL after the loop was as fast or faster (an RNN at
+  // T 50, B 64, H 128: 2.9-3.0 vs 3.3 ms; MNIST-rows' second layer, 33K partial sums: 10%).
+  static constexpr bool kStepGradients = true;
+  static constexpr int64_t kStepGradientMinElements = 1024 * 1024;
+  static constexpr int64_t kStepGradientChunk = 16 * 1024;
+  static constexpr int64_t kStepGradientMaxSums = 32 * 1024;
+  static bool gradients_in_loop(const Schedule& s, const LayerDims& d,
+                                const std::vector<Part>& parts, const at::Tensor& x) {
+    return s.N * d.saved_cols() >= kStepGradientMinElements && !parts[0].units_split &&
+           step_gradients_size(d) <= kStepGradientMaxSums && RowBlocks::of(x).has_value();
+  }
+  // A part's partial sums: dW_ih | dW_hh (each [G, K] or [K, G], grad_weight_transposed) |
+  // the input side's column sums | the recurrent side's.
+  static int64_t step_gradients_size(const LayerDims& d) { return d.G * (d.I + d.P + 2); }
+
+  // One run of a part's steps (gradient_chunk): its share of dW_ih, dW_hh and the column sums
+  // added to the part's partial sums, and its rows of dx = dgates_x W_ih.
+  template <class scalar_t>
+  static void run_gradients(const LayerDims& d, const Part& part,
+                            const BackwardBuffers<scalar_t>& b, const GradientRun& run) {
+    const StepGradients<scalar_t>& g = *b.step_grads;
+    const int64_t G = d.G, S = d.saved_cols(), I = d.I, P = d.P;
+    scalar_t* sums = g.sums + part.index * g.sums_size;
+    const scalar_t* dg_h = b.dgates + run.off * S;
+    const scalar_t* dg_x = dg_h + (S - G);
+    add_grad_weight(G, I, run, dg_x, S, g.x + run.x_off, g.rows.sb, run.d_x, sums);
+    add_grad_weight(G, P, run, dg_h, S, b.ws.h_prev + run.off * P, P, run.d_off * P,
+                    sums + G * I);
+    if (g.sum_x) add_column_sums(G, run, dg_x, S, sums + G * (I + P));
+    if (g.sum_h) add_column_sums(G, run, dg_h, S, sums + G * (I + P + 1));
+    if (!g.grad_input) return;
+    for (int64_t c = 0; c < run.steps; ++c) {
+      const int64_t off = run.off + c * run.d_off;
+      gemm_weight(run.rows, 0, I, dg_x + c * run.d_off * S, S, g.w_ih, scalar_t(0),
+                  g.grad_input + off * I, I);
+    }
+  }
+
+  // dW [G, K] (or dW^T [K, G]) += the run's gate gradients^T (rows of `ld`) times its inputs
+  // (rows of ld_in, each step's in_step elements on from the last's): the reduction over all
+  // the run's rows in registers (Runs).
+  template <class scalar_t>
+  static void add_grad_weight(int64_t G, int64_t K, const GradientRun& run, const scalar_t* dg,
+                              int64_t ld, const scalar_t* in, int64_t ld_in, int64_t in_step,
+                              scalar_t* out) {
+    const int64_t dg_step = run.d_off * ld;
+    if (grad_weight_transposed<scalar_t>(G, K)) {
+      small_gemm<scalar_t>(K, G, run.rows, in, 1, ld_in, dg, ld, scalar_t(1), out, G, nullptr,
+                           Runs{run.steps, in_step, dg_step});
+    } else {
+      small_gemm<scalar_t>(G, K, run.rows, dg, 1, ld, in, ld_in, scalar_t(1), out, K, nullptr,
+                           Runs{run.steps, dg_step, in_step});
+    }
+  }
+
+  // out [G] += the column sums of the run's rows of dg (rows of `ld`).
+  template <class scalar_t>
+  static void add_column_sums(int64_t G, const GradientRun& run, const scalar_t* dg, int64_t ld,
+                              scalar_t* out) {
+    using Vec = at::vec::Vectorized<scalar_t>;
+    constexpr int64_t W = Vec::size();
+    for (int64_t j = 0; j < G; j += W) {
+      const LaneMask<scalar_t> lane(std::min<int64_t>(W, G - j));
+      Vec acc0 = lane.load(out + j), acc1(scalar_t(0));
+      for (int64_t c = 0; c < run.steps; ++c) {
+        const scalar_t* rows = dg + c * run.d_off * ld + j;
+        int64_t r = 0;
+        for (; r + 2 <= run.rows; r += 2) {
+          acc0 = acc0 + lane.load(rows + r * ld);
+          acc1 = acc1 + lane.load(rows + (r + 1) * ld);
+        }
+        if (r < run.rows) acc0 = acc0 + lane.load(rows + r * ld);
+      }
+      lane.store(out + j, acc0 + acc1);
+    }
+  }
+
+  // The parts' partial sums added: dW_ih [G, I], dW_hh [G, P] and the column sums of the input
+  // and recurrent sides' gate gradients (undefined where StepGradients did not want them).
+  template <class scalar_t>
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_gradients(
+      const LayerDims& d, const StepGradients<scalar_t>& g, const at::Tensor& sums) {
+    const int64_t G = d.G;
+    auto total = [&](int64_t begin, int64_t size) { return sums.narrow(1, begin, size).sum(0); };
+    auto weight = [&](int64_t begin, int64_t K) {
+      const at::Tensor w = total(begin, G * K);
+      return grad_weight_transposed<scalar_t>(G, K) ? w.view({K, G}).t().contiguous()
+                                                    : w.view({G, K});
+    };
+    const int64_t sums_at = G * (d.I + d.P);
+    return {weight(0, d.I), weight(G * d.I, d.P),
+            g.sum_x ? total(sums_at, G) : at::Tensor(),
+            g.sum_h ? total(sums_at + G, G) : at::Tensor()};
   }
 
   template <class scalar_t>

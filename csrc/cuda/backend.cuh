@@ -78,6 +78,8 @@ struct CUDABackend {
 
   // The input projection is one GEMM before the loop (project_input): the GPU runs it at its peak.
   static constexpr bool kStepProjection = false;
+  // The weight gradients are GEMMs after the loop (cuBLAS), not partial sums inside it.
+  static constexpr bool kStepGradients = false;
 
   // Small layers run their whole loop in one kernel (block_loop.cuh); the others step by step
   // from the host, cuBLAS and a pointwise kernel per step.

@@ -112,6 +112,7 @@ __device__ __forceinline__ at::opmath_type<scalar_t> register_dot(const scalar_t
 template <bool kRegisterWeight>
 struct BlockBackend {
   static constexpr bool kStepProjection = false;
+  static constexpr bool kStepGradients = false;
 
   template <class scalar_t>
   static __device__ void store(scalar_t* C, int64_t ldc, int64_t r, int64_t c,
