@@ -19,8 +19,9 @@
 // passes whether anything needs it (a model's h0 of zeros, a first layer's data input).
 // rnn_backward_consume is the same, but writes its gate gradients over the workspace instead of
 // a new [N, gates] buffer, which leaves the workspace unusable: the autograd node calls it when
-// the graph is not retained (csrc/autograd.cpp). Its `mode` is named `cell` because torch.compile's wrapper
-// of mutating ops (auto_functionalized) takes a keyword argument `mode` of its own.
+// the graph is not retained (csrc/autograd.cpp). Its `mode` is named `cell` because
+// torch.compile's wrapper of mutating ops (auto_functionalized) takes a keyword argument `mode`
+// of its own.
 //
 // rnn runs a stack of layers (torch.nn's RNN modules' forward after their argument checks, like
 // torch's _VF.lstm): num_layers layers of one or two directions over rnn_forward, `weights`

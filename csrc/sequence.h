@@ -794,7 +794,6 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     if (step_grads) {  // the parts' partial sums added
       std::tie(grad_w_ih, grad_w_hh, sum_x, sum_h) =
           Backend::template finish_gradients<scalar_t>(d, *step_grads, sums);
-      if (!input_grad) grad_input = at::zeros(x.sizes(), opts);
     }
   }
   if (!step_grads) {
@@ -803,8 +802,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     Backend::concurrently(
         s.N * d.G * std::max(d.I, d.P),
         [&] {
-          grad_input = input_grad ? Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x)
-                                  : at::zeros(x.sizes(), opts);
+          if (input_grad) {
+            grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
+          }
           grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
         },
         [&] {
@@ -813,6 +813,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
         });
   }
+  if (!input_grad) grad_input = at::zeros(x.sizes(), opts);
   at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
   if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);

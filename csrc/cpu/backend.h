@@ -397,7 +397,9 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       if (p < k) {
         const Vec b0 = lane.load(b + p * ldb);
         FR_UNROLL_ROWS
-        for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
+        }
       }
     }
     FR_UNROLL_ROWS
@@ -776,23 +778,10 @@ struct CPUBackend {
   static at::Tensor column_sums(const at::Tensor& dgates) {
     const int64_t N = dgates.size(0), G = dgates.size(1);
     if (N * G > kSmallPostLoop || dgates.stride(1) != 1) return dgates.sum(0);
-    using Vec = at::vec::Vectorized<scalar_t>;
-    constexpr int64_t W = Vec::size();
-    at::Tensor sums = at::empty({G}, dgates.options());
-    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
-    const int64_t ld = dgates.stride(0);
-    scalar_t* out = sums.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < G; j += W) {
-      const LaneMask<scalar_t> lane(std::min<int64_t>(W, G - j));
-      Vec acc0(scalar_t(0)), acc1(scalar_t(0));
-      int64_t n = 0;
-      for (; n + 2 <= N; n += 2) {
-        acc0 = acc0 + lane.load(dg + n * ld + j);
-        acc1 = acc1 + lane.load(dg + (n + 1) * ld + j);
-      }
-      if (n < N) acc0 = acc0 + lane.load(dg + n * ld + j);
-      lane.store(out + j, acc0 + acc1);
-    }
+    at::Tensor sums = at::zeros({G}, dgates.options());
+    add_column_sums<scalar_t>(G, GradientRun{1, N, 0, 0, 0, 0},
+                              dgates.const_data_ptr<scalar_t>(), dgates.stride(0),
+                              sums.data_ptr<scalar_t>());
     return sums;
   }
 
