@@ -247,15 +247,21 @@ def gemm_peak(device, dtype=torch.float32, n=1024, repeats=5) -> float:
 
 
 def run(shapes, device="cpu", repeats=5, progress=True, check=True):
-    """Runs the benchmark; returns a JSON-able dict."""
+    """Runs the benchmark; returns a JSON-able dict. The GEMM peak is the best of measurements
+    before and after every shape: one taken while the machine was busy elsewhere made fractions
+    of it above 100% (a shared 2-core host swung 91-176 GFLOP/s within minutes)."""
     peak = gemm_peak(device)
-    rows = []
+    rows, timed = [], []
     bar = Progress(len(shapes), progress)
     for shape in shapes:
         row = {"shape": dataclasses.asdict(shape), "name": shape.name, "tokens": shape.tokens()}
         if check:
             row["parity_max_rel_diff"] = parity(shape, device)
-        times = time_pair(shape, device, repeats=repeats)
+        timed.append(time_pair(shape, device, repeats=repeats))
+        peak = max(peak, gemm_peak(device))
+        rows.append(row)
+        bar.step(shape.name)
+    for shape, row, times in zip(shapes, rows, timed):
         for pass_name in ("fwd", "fwd_bwd"):
             flops = shape.flops(pass_name == "fwd_bwd")
             entry = {}
@@ -271,8 +277,6 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True):
                                            entry["fused"]["best_ms"])
             entry["bound_ms"] = flops / (peak * 1e9) * 1e3
             row[pass_name] = entry
-        rows.append(row)
-        bar.step(shape.name)
     return {
         "device": device,
         "machine": machine_description(device),

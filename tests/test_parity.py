@@ -1,6 +1,7 @@
 """fused_rnn vs torch.nn in every configuration: outputs, final states, every gradient."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -184,16 +185,20 @@ def test_training_steps_match():
 # >= 32 units per thread, batch < 8: fewer than 4 rows per thread; csrc/cpu/backend.h: plan), H
 # not a multiple of the 16-unit alignment.
 UNIT_SPLIT_H = {"LSTM": 130, "GRU": 160, "RNN_TANH": 260, "RNN_RELU": 260}
+# The CPUs this process may run on.
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["padded", "packed_bidirectional", "inference"])
-def test_units_shared_across_threads(mode, kind):
+@pytest.mark.parametrize("team", ["two", "more_than_cpus"])
+def test_units_shared_across_threads(mode, kind, team):
     """Two threads, each computing a slice of every step's units and meeting once per step:
     the same values and gradients as torch.nn, padded, packed (rows stop at different steps) and
-    without autograd (double-buffered previous state)."""
+    without autograd (double-buffered previous state). With more torch threads than CPUs the
+    CPU path takes row parts instead, at most one per CPU (plan): the same results."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 if team == "two" else CPUS + 2)
     try:
         h = UNIT_SPLIT_H[mode]
         ref, fused = make_pair(mode, 5, h, bidirectional=kind == "packed_bidirectional")

@@ -12,6 +12,9 @@
 #include <ATen/ops/zeros.h>
 
 #include <omp.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -1008,12 +1011,31 @@ struct CPUBackend {
   static constexpr int64_t kMinUnitsPerPart = 32;
   static constexpr int64_t kMinRowsPerPart = 4;
 
+  // The CPUs this process may run on.
+  static int64_t cpu_count() {
+    static const int64_t cpus = [] {
+#if defined(__linux__)
+      cpu_set_t set;
+      if (sched_getaffinity(0, sizeof(set), &set) == 0) return int64_t(CPU_COUNT(&set));
+#endif
+      return std::max<int64_t>(1, std::thread::hardware_concurrency());
+    }();
+    return cpus;
+  }
+
   static std::vector<Part> plan(const Schedule& s, const LayerDims& d) {
-    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    // No more parts than CPUs, and no unit parts at all where torch has more threads than CPUs:
+    // those spin at a barrier every step, and there a thread of theirs (or an idle OpenMP thread
+    // of torch's, spinning) holds the CPU that the others wait on. torch.set_num_threads(4) on
+    // this 2-CPU machine made the small-batch LSTM 0.61x torch.nn's speed and a batch-1 LSTM's
+    // forward 9x slower than on 2 threads.
+    const int64_t torch_threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const bool oversubscribed = torch_threads > cpu_count();
+    const int64_t threads = std::min(torch_threads, cpu_count());
     const int64_t weight_bytes = d.P * d.G * int64_t(sizeof(float));
     const bool few_rows =
         s.B / threads < std::max(kMinRowsPerPart, weight_bytes / kUnitSplitWeightBytes);
-    if (threads > 1 && !d.proj && d.H >= kMinUnitsPerPart * threads &&
+    if (threads > 1 && !oversubscribed && !d.proj && d.H >= kMinUnitsPerPart * threads &&
         weight_bytes >= kUnitSplitWeightBytes && few_rows) {
       return split_units(s, d, threads, kUnitAlign);
     }
