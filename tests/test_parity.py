@@ -292,9 +292,10 @@ def test_few_rows_wide_layer(mode, hidden, threads, dtype):
 
 
 # Where the input projection would need an [N, G] buffer of its own (no autograd; GRU in
-# training) and N * G > 256K (csrc/cpu/backend.h: kSmallPostLoop), the CPU projects chunks of
-# steps inside the loop, each part its own rows or units (sequence.h: project_chunk). Hidden
-# sizes for row parts and for unit parts on two threads (UNIT_SPLIT_H).
+# training), N * G > 256K (csrc/cpu/backend.h: kSmallPostLoop) and W_ih is below 1 MB
+# (kStepProjectionMaxWeightBytes; beyond it, one product before the loop), the CPU projects
+# chunks of steps inside the loop, each part its own rows or units (sequence.h: project_chunk).
+# Hidden sizes for row parts and for unit parts on two threads (UNIT_SPLIT_H).
 STEP_PROJECTION_SMALL_LOOP = 256 * 1024
 
 
