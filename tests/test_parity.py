@@ -334,10 +334,12 @@ def test_step_projection(mode, parts, layout, threads):
 
 
 # Where a layer's gate gradients reach 1M elements (csrc/cpu/backend.h:
-# kStepGradientMinElements) and a row part's partial sums of dW_ih, dW_hh and the biases fit in
-# 32K elements (kStepGradientMaxSums), the CPU computes the weight, bias and input gradients
-# inside the backward loop, a chunk of steps at a time (sequence.h: gradient_chunk).
+# kStepGradientMinElements), or pass 256K with at most 32 inputs (kStepGradientSmallInputs), and
+# a row part's partial sums of dW_ih, dW_hh and the biases fit in 32K elements
+# (kStepGradientMaxSums), the CPU computes the weight, bias and input gradients inside the
+# backward loop, a chunk of steps at a time (sequence.h: gradient_chunk).
 STEP_GRADIENT_MIN = 1024 * 1024
+STEP_GRADIENT_MIN_SMALL_INPUTS = 256 * 1024
 STEP_GRADIENT_CONFIGS = {  # name -> (mode, hidden, constructor kwargs, saved columns per unit)
     "LSTM": ("LSTM", 48, {}, 4),
     "LSTM_proj": ("LSTM", 48, {"proj_size": 20}, 4),
@@ -356,13 +358,24 @@ def test_step_gradients(config, layout, grads, threads):
     one part or two: padded, packed (runs of steps end where sequences do; both directions)
     and batch-first (x read as a strided view); with the input's and h0's gradients, and without
     (no dx, no dh_0 product), against torch.nn."""
+    check_step_gradients(config, layout, grads, threads, STEP_GRADIENT_MIN)
+
+
+@pytest.mark.parametrize("config", list(STEP_GRADIENT_CONFIGS))
+@pytest.mark.parametrize("layout", ["padded", "packed_bidirectional"])
+def test_step_gradients_small_inputs(config, layout):
+    """The same from 256K gate-gradient elements, the layer having 16 inputs."""
+    check_step_gradients(config, layout, "all", 2, STEP_GRADIENT_MIN_SMALL_INPUTS)
+
+
+def check_step_gradients(config, layout, grads, threads, elements):
     mode, hidden, kwargs, per_unit = STEP_GRADIENT_CONFIGS[config]
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         batch, inp, dirs = 48, 16, 2 if layout == "packed_bidirectional" else 1
         # Every length at least half the steps: N * saved columns passes the threshold, packed too.
-        steps = 2 * STEP_GRADIENT_MIN // (batch * per_unit * hidden) + 8
+        steps = 2 * elements // (batch * per_unit * hidden) + 8
         lengths = [steps - (7 * i) % (steps // 2) for i in range(batch)]
         ref, fused = make_pair(mode, inp, hidden, bidirectional=dirs == 2,
                                batch_first=layout == "batch_first", **kwargs)

@@ -873,14 +873,24 @@ struct CPUBackend {
   // LSTM 14.2-14.5 -> 13.2-13.5 ms on 2 threads, 25-30 -> 22-23 on 1; its GRU 14.3 -> 12.0-12.8.
   // Where the gate gradients fit in cache MKL after the loop was as fast or faster (an RNN at
   // T 50, B 64, H 128: 2.9-3.0 vs 3.3 ms; MNIST-rows' second layer, 33K partial sums: 10%).
+  // From kSmallPostLoop elements up, layers of at most kStepGradientSmallInputs inputs (whose dx
+  // and dW_ih fill MKL's products poorly) gain too (2 threads, min of 6 alternating processes,
+  // post-loop -> in-loop): MNIST-rows' first layer (I 28) 1.81 -> 1.71 ms (1 thread 3.37 ->
+  // 2.96), LSTM T 100 B 32 I 20 H 64 2.53 -> 2.25, its GRU 2.02 -> 1.81, GRU T 40 B 64 I 16
+  // 1.46 -> 1.19, RNN T 100 B 64 I 32 H 64 1.34 -> 1.25; wider inputs do not (RNN I 64 H 128
+  // 2.25 -> 2.59, I = H = 100 1.95 -> 2.02, GRU I = H = 64 2.36 / 2.33).
   static constexpr bool kStepGradients = true;
   static constexpr int64_t kStepGradientMinElements = 1024 * 1024;
+  static constexpr int64_t kStepGradientSmallInputs = 32;
   static constexpr int64_t kStepGradientChunk = 16 * 1024;
   static constexpr int64_t kStepGradientMaxSums = 32 * 1024;
   static bool gradients_in_loop(const Schedule& s, const LayerDims& d,
                                 const std::vector<Part>& parts, const at::Tensor& x) {
-    return s.N * d.saved_cols() >= kStepGradientMinElements && !parts[0].units_split &&
-           step_gradients_size(d) <= kStepGradientMaxSums && RowBlocks::of(x).has_value();
+    const int64_t elements = s.N * d.saved_cols();
+    const bool large = elements >= kStepGradientMinElements ||
+                       (elements > kSmallPostLoop && d.I <= kStepGradientSmallInputs);
+    return large && !parts[0].units_split && step_gradients_size(d) <= kStepGradientMaxSums &&
+           RowBlocks::of(x).has_value();
   }
   // A part's partial sums: dW_ih | dW_hh (each [G, K] or [K, G], grad_weight_transposed) |
   // the input side's column sums | the recurrent side's.
