@@ -78,6 +78,48 @@ FR_VEC_INLINE __m256 exp_u20_avx2(__m256 values) {
   const __m256 scale = _mm256_blendv_ps(_mm256_castsi256_ps(bits), _mm256_setzero_ps(), too_small);
   return _mm256_mul_ps(_mm256_mul_ps(poly, scale), _mm256_set1_ps(2.f));
 }
+
+// The fp32 gates' sigmoid and tanh: about 17 operations each where exp_u20 and a division took
+// 23 (the division alone one per 3.5 cycles). Forward LSTM cell 3.9 -> 3.0 ns per unit here.
+//  * exp as exp_u20 computes it (the same polynomial on the same reduced argument), with
+//    n = round(x log2(e)) from adding 1.5 * 2^23 + 127, whose low bits are then n + 127, the
+//    exponent of 2^n (no floor, no conversion); x clamped to [-87, hi <= 88] so that 2^n is a
+//    normal number.
+//  * min and max with the constant first: they return their second operand, so a NaN passes
+//    through to the result (as in torch.nn) with no compare and blend.
+//  * 1 / d as the reciprocal estimate and one Newton step, e (1 + (1 - d e)), the residual exact
+//    in one fused multiply-add: within about an ulp of the quotient.
+FR_VEC_INLINE __m256 exp_clamped_avx2(__m256 x, float hi) {
+  const __m256 log2e = _mm256_castsi256_ps(_mm256_set1_epi32(0x3fb8aa3b));
+  const __m256 ln2 = _mm256_castsi256_ps(_mm256_set1_epi32(0x3f317218));
+  const __m256 shift = _mm256_set1_ps(12582912.f + 127.f);  // 1.5 * 2^23 + the exponent bias
+  x = _mm256_max_ps(_mm256_set1_ps(-87.f), _mm256_min_ps(_mm256_set1_ps(hi), x));
+  const __m256 biased = _mm256_fmadd_ps(x, log2e, shift);  // n + 127 in the low bits
+  const __m256 n = _mm256_sub_ps(biased, shift);
+  const __m256 r = _mm256_fnmadd_ps(n, ln2, x);
+  __m256 poly = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.166676521f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.499991506f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.999999701f));
+  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(1.f));
+  return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23)));
+}
+FR_VEC_INLINE __m256 reciprocal_avx2(__m256 d) {
+  const __m256 estimate = _mm256_rcp_ps(d);
+  return _mm256_fmadd_ps(estimate, _mm256_fnmadd_ps(d, estimate, _mm256_set1_ps(1.f)), estimate);
+}
+// 1 / (1 + exp(-x)): 1 - 2^-126 or 6e-39 at the clamps, where torch's is 1 or 0.
+FR_VEC_INLINE __m256 sigmoid_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  return reciprocal_avx2(_mm256_add_ps(one, exp_clamped_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x), 88.f)));
+}
+// (1 - e) / (1 + e), e = exp(-2x): exactly 0 at 0 (2 sigmoid(2x) - 1 was not, the reciprocal
+// of 2 being an ulp off); e at most exp(20), whose reciprocal is still normal, so -1 below -10.
+FR_VEC_INLINE __m256 tanh_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 e = exp_clamped_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.f), x), 20.f);
+  return _mm256_mul_ps(_mm256_sub_ps(one, e), reciprocal_avx2(_mm256_add_ps(one, e)));
+}
 #endif
 
 template <class T, class V>
@@ -95,8 +137,30 @@ struct VecMath {
 #endif
     return x.exp_u20();  // (double: SLEEF's exp, a call in any case)
   }
-  FR_VEC_INLINE V sigmoid(V x) { return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x)); }
-  FR_VEC_INLINE V tanh(V x) { return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1)); }
+  FR_VEC_INLINE V sigmoid(V x) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return sigmoid_avx2(v); });
+#endif
+    return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x));
+  }
+  FR_VEC_INLINE V tanh(V x) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return tanh_avx2(v); });
+#endif
+    return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1));
+  }
+#if defined(CPU_CAPABILITY_AVX2)
+  // fn on each 8-float lane of V.
+  template <class Fn>
+  FR_VEC_INLINE V lanes(V x, Fn fn) {
+    using Lane = at::vec::Vectorized<T>;
+    if constexpr (std::is_same_v<V, at::vec::VectorizedN<T, 2>>) {
+      return V(Lane(fn(x[0])), Lane(fn(x[1])));
+    } else {
+      return V(Lane(fn(x)));
+    }
+  }
+#endif
   // NaN compares false, so it passes through both, as in torch.relu / threshold_backward.
   FR_VEC_INLINE V relu(V x) { return V::blendv(x, V(T(0)), x < V(T(0))); }
   FR_VEC_INLINE V relu_backward(V g, V result) { return V::blendv(g, V(T(0)), result <= V(T(0))); }
