@@ -240,6 +240,34 @@ def test_small_hidden_row_pairs(mode, hidden, dtype):
     assert_same_run(ref, fused, call, [x, *hs], dtype)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("hidden", [3, 16, 21], ids=["row_pairs", "lanes", "lanes_and_tail"])
+def test_fp32_gate_math_accuracy(mode, hidden):
+    """The fp32 sigmoid and tanh (csrc/cpu/backend.h: exp's polynomial, a reciprocal estimate
+    refined once) stay within a few ulp of exact over [-48, 48] and at +-inf and NaN: one step
+    from zero states with W_hh = 0 and power-of-two weights, so that the pre-activations are exact
+    in fp32 and only the gate math differs from torch.nn in fp64. Errors seen: 2.0e-7 (the
+    division and exp_u20 before: 1.8e-7); exp's polynomial without its highest term gives 3e-5,
+    which the layer tolerance (2e-5 + 1e-4 relative) lets through, the reciprocal estimate
+    without its Newton step 3e-4."""
+    ref, fused = make_pair(mode, 1, hidden, dtype=torch.float64)
+    with torch.no_grad():
+        for m in (ref, fused):
+            m.weight_hh_l0.zero_()
+            m.bias_ih_l0.zero_()
+            m.bias_hh_l0.zero_()
+            rows = m.weight_ih_l0.shape[0]
+            m.weight_ih_l0.copy_((2.0 ** (torch.arange(rows) % 5 - 2)).unsqueeze(1))
+    x = torch.linspace(-12, 12, 4093, dtype=torch.float32)  # times up to 4: [-48, 48]
+    x = torch.cat([x, torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0])])
+    x = x.view(1, -1, 1)
+    expected = flatten(ref(x.double()))
+    got = flatten(fused.float()(x))
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(torch.isnan(e), torch.isnan(g))
+        torch.testing.assert_close(g.double(), e, atol=5e-7, rtol=0, equal_nan=True)
+
+
 def _state_shapes_for(mode, dirs, batch, hidden):
     return [(dirs, batch, hidden)] * (2 if mode == "LSTM" else 1)
 

@@ -44,41 +44,15 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace fused_rnn {
 
 // The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>. With an AVX2
-// build (setup.py) a lane is 8 floats / 4 doubles. exp is at::vec's inlined exp_u20 (within 2
-// ulp in fp32; SLEEF's 1-ulp exp in fp64); tanh(x) = 2 sigmoid(2x) - 1 costs one exp, a third
-// of a SLEEF tanh call, and its absolute error stays at the level of the exp's.
+// build (setup.py) a lane is 8 floats / 4 doubles. fp32: sigmoid_avx2 and tanh_avx2 below (one
+// exp each, exp_u20's polynomial, a refined reciprocal estimate instead of a division). fp64 (and
+// builds without AVX2): at::vec's exp_u20 (SLEEF's 1-ulp exp in fp64) and tanh(x) =
+// 2 sigmoid(2x) - 1, a third of a SLEEF tanh call, its absolute error at the level of the exp's.
 // Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
 // through memory on every call, a third of the tiny models' forward time.
 #define FR_VEC_INLINE __attribute__((always_inline)) static inline
 
 #if defined(CPU_CAPABILITY_AVX2)
-// at::vec's Vectorized<float>::exp_u20 (vec256_float.h), the same arithmetic step for step,
-// always inlined, for the partial-lane types (TailVec, PairVec): there GCC called ATen's out of
-// line through the PLT (12% of the toxic model's backward kernel). Whole lanes keep ATen's,
-// which GCC inlines.
-FR_VEC_INLINE __m256 exp_u20_avx2(__m256 values) {
-  const __m256 log2e = _mm256_castsi256_ps(_mm256_set1_epi32(0x3fb8aa3b));
-  const __m256 ln2 = _mm256_castsi256_ps(_mm256_set1_epi32(0x3f317218));
-  const __m256 ln_flt_min = _mm256_castsi256_ps(_mm256_set1_epi32(0xc2aeac50));
-  const __m256 ln_flt_max = _mm256_castsi256_ps(_mm256_set1_epi32(0x42b17218));
-  const __m256 one = _mm256_set1_ps(1.f);
-  const __m256 too_small = _mm256_cmp_ps(values, ln_flt_min, _CMP_LT_OS);
-  __m256 x = _mm256_max_ps(_mm256_min_ps(values, ln_flt_max), ln_flt_min);
-  // exp(x) = 2^n exp(r), n = floor(x log2(e) + 1/2), r = x - n ln(2)
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, log2e, _mm256_set1_ps(0.5f)));
-  const __m256 r = _mm256_fnmadd_ps(n, ln2, x);
-  __m256 poly = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.166676521f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.499991506f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.999999701f));
-  poly = _mm256_fmadd_ps(r, poly, one);
-  // 2^(n - 1), then times 2 (as ATen: 2^n itself overflows the exponent at n = 128)
-  __m256i bits = _mm256_cvtps_epi32(_mm256_sub_ps(n, one));
-  bits = _mm256_slli_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(127)), 23);
-  const __m256 scale = _mm256_blendv_ps(_mm256_castsi256_ps(bits), _mm256_setzero_ps(), too_small);
-  return _mm256_mul_ps(_mm256_mul_ps(poly, scale), _mm256_set1_ps(2.f));
-}
-
 // The fp32 gates' sigmoid and tanh: about 17 operations each where exp_u20 and a division took
 // 23 (the division alone one per 3.5 cycles). Forward LSTM cell 3.9 -> 3.0 ns per unit here.
 //  * exp as exp_u20 computes it (the same polynomial on the same reduced argument), with
@@ -128,15 +102,7 @@ struct VecMath {
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
   FR_VEC_INLINE V exp(V x) { return V::blendv(exp_u20(x), x, x != x); }
-  FR_VEC_INLINE V exp_u20(V x) {
-#if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float> && !std::is_same_v<V, at::vec::Vectorized<T>> &&
-                  !std::is_same_v<V, at::vec::VectorizedN<T, 2>>) {
-      return V(at::vec::Vectorized<T>(exp_u20_avx2(x)));
-    }
-#endif
-    return x.exp_u20();  // (double: SLEEF's exp, a call in any case)
-  }
+  FR_VEC_INLINE V exp_u20(V x) { return x.exp_u20(); }  // (double: SLEEF's exp, a call)
   FR_VEC_INLINE V sigmoid(V x) {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return sigmoid_avx2(v); });
