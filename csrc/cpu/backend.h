@@ -102,8 +102,8 @@ struct VecMath {
   FR_VEC_INLINE V splat(T v) { return V(v); }
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
-  FR_VEC_INLINE V exp(V x) { return V::blendv(exp_u20(x), x, x != x); }
-  FR_VEC_INLINE V exp_u20(V x) { return x.exp_u20(); }  // (double: SLEEF's exp, a call)
+  // (fp64: SLEEF's exp, a call; fp32 with AVX2 uses exp_clamped_avx2 instead.)
+  FR_VEC_INLINE V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
   FR_VEC_INLINE V sigmoid(V x) {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return sigmoid_avx2(v); });
