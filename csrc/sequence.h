@@ -1,10 +1,12 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
-//   pack_weight<scalar_t>(w, block) -> Tensor                      its own copy of a weight
-//                                                                  [K, N], any strides, which
-//                                                                  gemm_weight then reads (or
-//                                                                  undefined: none, it reads w)
+//   pack_weight<scalar_t>(w, block, rows) -> Tensor                its own copy of a weight
+//                                                                  [K, N], any strides, for
+//                                                                  products over `rows` rows
+//                                                                  in all, which gemm_weight
+//                                                                  then reads (or undefined:
+//                                                                  none, it reads w)
 //   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc, bias)     columns [c0, c1) of A W
 //                                                                  (+ bias: CPU only)
 //   copy(dst, src, count)                                          contiguous copy
@@ -145,12 +147,14 @@ struct RowBlocks {
 // the per-step GEMMs multiply by it: `packed` is the backend's copy made once per call (CPU:
 // column strips, so that every step streams it sequentially), null if it has none. Columns
 // come in blocks of `block` (a gate's units forward, the state backward); unit parts use
-// column ranges within one block, starting at a multiple of kUnitAlign.
+// column ranges within one block, starting at a multiple of kUnitAlign. `ldt`: 0, or (CPU,
+// unpacked) `data` is the weight as torch stores it, [N, K] rows `ldt` apart, read in place.
 template <class scalar_t>
 struct Weight {
   const scalar_t* data;
   const scalar_t* packed;
   int64_t K, N, block;
+  int64_t ldt = 0;
 };
 
 // A weight [K, N] (any strides) held for one call as the products read it: the backend's
@@ -160,14 +164,18 @@ struct HeldWeight {
   at::Tensor data, packed;
   int64_t K = 0, N = 0, block = 0;
   Weight<scalar_t> view() const {
+    // A transposed view that the backend kept as it is (row_major).
+    const bool transposed = data.defined() && data.stride(0) == 1 && data.stride(1) != 1;
     return {data.defined() ? data.const_data_ptr<scalar_t>() : nullptr,
-            packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block};
+            packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block,
+            transposed ? data.stride(1) : 0};
   }
 };
 
+// `rows`: how many rows the call's products multiply by it in all.
 template <class Backend, class scalar_t>
-HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block) {
-  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block);
+HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t rows) {
+  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block, rows);
   at::Tensor data = packed.defined() ? at::Tensor() : Backend::template row_major<scalar_t>(w);
   return {std::move(data), std::move(packed), w.size(0), w.size(1), block};
 }
@@ -623,7 +631,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
-  const HeldWeight<scalar_t> w_hh_t = hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H);
+  const HeldWeight<scalar_t> w_hh_t = hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H, s.N);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -651,7 +659,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor ring;
   if constexpr (Backend::kStepProjection) {
     if (!in_place && Backend::project_in_loop(s, d, x)) {
-      w_ih_t = hold_weight<Backend, scalar_t>(a.w_ih.t(), d.H);
+      w_ih_t = hold_weight<Backend, scalar_t>(a.w_ih.t(), d.H, s.N);
       const int64_t chunk = Backend::kStepProjectionChunk;
       int64_t ring_rows = 0;
       for (const Part& p : parts) ring_rows = std::max(ring_rows, chunk_rows(d, p, chunk));
@@ -753,7 +761,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
       const int64_t size = Backend::step_gradients_size(d);
       sums = at::zeros({int64_t(parts.size()), size}, opts);
       if (input_grad) {
-        w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I);
+        w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I, s.N);
         grad_input = Backend::empty(x.sizes(), opts);
       }
       step_grads = StepGradients<scalar_t>{
@@ -764,7 +772,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   }
   if (s.N > 0) {
     const HeldWeight<scalar_t> w_hh =
-        hold_weight<Backend, scalar_t>(gru ? a.w_hh.roll(d.H, 0) : a.w_hh, d.P);
+        hold_weight<Backend, scalar_t>(gru ? a.w_hh.roll(d.H, 0) : a.w_hh, d.P, s.N);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,

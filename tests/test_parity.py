@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import DEVICES, MODES, assert_same_run, flatten, make_pair
+from conftest import DEVICES, MODES, TOL, assert_same_run, flatten, make_pair
 
 I, H, P, T, B = 5, 6, 3, 7, 4
 
@@ -217,6 +217,35 @@ def test_units_shared_across_threads(mode, kind, team):
             assert_same_run(ref, fused, call, [x])
     finally:
         torch.set_num_threads(threads)
+
+
+# The forward products over fewer than 64 rows in all (csrc/cpu/backend.h: kDotMaxRows) read
+# W_ih^T and W_hh^T in place, as torch stores them (dot_gemm); from 64 rows on, packed copies.
+# Both sides of the boundary; one step of one row with the state given (a decoder's call: unit
+# parts on two threads, UNIT_SPLIT_H); an input width that leaves a partial lane (37) and
+# column counts that are not multiples of three (dot_gemm's blocks).
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("steps,batch", [(1, 1), (3, 2), (7, 9), (1, 63), (1, 64)],
+                         ids=["decoder_step", "two_rows", "63_rows", "63_rows_one_step",
+                              "64_rows"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_weights_read_in_place(mode, steps, batch, threads, dtype):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        h = UNIT_SPLIT_H[mode]
+        ref, fused = make_pair(mode, 37, h, dtype=dtype)
+        x = torch.randn(steps, batch, 37, dtype=dtype, requires_grad=True)
+        hs = [torch.randn(1, batch, h, dtype=dtype, requires_grad=True)
+              for _ in range(2 if mode == "LSTM" else 1)]
+        hx = tuple(hs) if mode == "LSTM" else hs[0]
+        assert_same_run(ref, fused, lambda m: m(x, hx), [x, *hs], dtype)
+        with torch.no_grad():
+            for a, b in zip(flatten(ref(x, hx)), flatten(fused(x, hx))):
+                torch.testing.assert_close(b, a, **TOL[dtype])
+    finally:
+        torch.set_num_threads(saved)
 
 
 # Hidden sizes whose last lane (8 floats / 4 doubles on AVX2) is at most half full: the CPU runs

@@ -474,6 +474,136 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64
   small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
 }
 
+// The sums of R * NC lanes, acc[r][c] -> out[r * NC + c].
+template <int R, int NC, class Vec, class T>
+inline void lane_sums(const Vec (&acc)[R][NC], T* out) {
+  constexpr int W = Vec::size();
+  FR_UNROLL_ROWS
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NC; ++c) {
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][c]),
+                                    _mm256_extractf128_ps(acc[r][c], 1));
+        const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        out[r * NC + c] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        continue;
+      }
+#endif
+      T lanes[W];
+      acc[r][c].store(lanes);
+      T sum(0);
+      for (int i = 0; i < W; ++i) sum += lanes[i];
+      out[r * NC + c] = sum;
+    }
+  }
+}
+
+// Row-major C[m, n] = A[m, k] B[k, n] (+ beta C, + bias) with B held transposed: column j of B
+// is row j of Bt (`ldbt` apart), contiguous along k, as torch stores a weight [G, K] of which
+// the forward pass takes x W^T. For products over a few rows (a batch-1 or T = 1 call), where
+// packing the weight first (reading it strided, writing and reading the copy) cost more than
+// the product: this reads every row of Bt once per R rows of A, sequentially, and sums each dot
+// product along k in lanes. R rows x NC columns per pass: R * NC accumulators + NC rows of Bt
+// + a row of A in the 16 AVX registers (R = 4, NC = 3).
+template <int R, int NC, class T>
+void dot_block(int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta, T* C,
+               int64_t ldc, const T* bias) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  Vec acc[R][NC];
+  FR_UNROLL_ROWS
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NC; ++c) acc[r][c] = Vec(T(0));
+  }
+  auto step = [&](int64_t p, const auto& load) {
+    Vec b[NC];
+    for (int c = 0; c < NC; ++c) {
+      // The next block's rows at the same place: a weight beyond the cache (16 MB) came in
+      // at 21-37 GFLOP/s without, 28-53 with (1-8 rows of A, one thread).
+      __builtin_prefetch(Bt + (NC + c) * ldbt + p);
+      b[c] = load(Bt + c * ldbt + p);
+    }
+    FR_UNROLL_ROWS
+    for (int r = 0; r < R; ++r) {
+      const Vec a = load(A + r * lda + p);
+      for (int c = 0; c < NC; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
+    }
+  };
+  int64_t p = 0;
+  for (; p + W <= k; p += W) step(p, [](const T* q) { return Vec::loadu(q); });
+  if (p < k) {
+    const LaneMask<T> lane(k - p);
+    step(p, [&](const T* q) { return lane.load(q); });
+  }
+  T sums[R * NC];
+  lane_sums<R, NC>(acc, sums);
+  FR_UNROLL_ROWS
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NC; ++c) {
+      T& out = C[r * ldc + c];
+      const T s = sums[r * NC + c];
+      out = beta != T(0) ? s + beta * out : (bias ? s + bias[c] : s);
+    }
+  }
+}
+
+template <int NC, class T>
+void dot_rows(int64_t m, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
+              T* C, int64_t ldc, const T* bias) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) {
+    dot_block<4, NC>(k, A + i * lda, lda, Bt, ldbt, beta, C + i * ldc, ldc, bias);
+  }
+  const T* a = A + i * lda;
+  T* c = C + i * ldc;
+  switch (m - i) {
+    case 3: return dot_block<3, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
+    case 2: return dot_block<2, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
+    case 1: return dot_block<1, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
+    default: return;
+  }
+}
+
+// R rows of C, all n columns: blocks of NC, then one block of the rest.
+template <int R, int NC, class T, int... Rest>
+void dot_cols(int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
+              T* C, int64_t ldc, const T* bias, std::integer_sequence<int, Rest...>) {
+  int64_t j = 0;
+  auto block = [&](auto cols) {
+    constexpr int NB = decltype(cols)::value;
+    dot_block<R, NB>(k, A, lda, Bt + j * ldbt, ldbt, beta, C + j, ldc, bias ? bias + j : nullptr);
+  };
+  for (; j + NC <= n; j += NC) block(std::integral_constant<int, NC>{});
+  const int rest = int(n - j);
+  ((rest == Rest + 1 ? (block(std::integral_constant<int, Rest + 1>{}), 0) : 0), ...);
+}
+template <int R, int NC, class T>
+void dot_cols(int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
+              T* C, int64_t ldc, const T* bias) {
+  dot_cols<R, NC>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias,
+                  std::make_integer_sequence<int, NC - 1>{});
+}
+
+// C = A B (+ beta C, + bias) with B as dot_block takes it. One or two rows (a batch-1 or -2
+// step): more columns per pass, so that six or eight chains of multiply-adds hide the FMA
+// latency (three, with one row of R = 4, NC = 3: a third of the rate). More rows: columns in
+// blocks of three (whose rows of Bt stay in L1 while every row of A passes), then the rest.
+template <class T>
+void dot_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt,
+              int64_t ldbt, T beta, T* C, int64_t ldc, const T* bias = nullptr) {
+  if (m == 1) return dot_cols<1, 6>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias);
+  if (m == 2) return dot_cols<2, 4>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias);
+  int64_t j = 0;
+  auto block = [&](auto cols) {
+    constexpr int NB = decltype(cols)::value;
+    dot_rows<NB>(m, k, A, lda, Bt + j * ldbt, ldbt, beta, C + j, ldc, bias ? bias + j : nullptr);
+  };
+  for (; j + 3 <= n; j += 3) block(std::integral_constant<int, 3>{});
+  if (n - j == 2) block(std::integral_constant<int, 2>{});
+  if (n - j == 1) block(std::integral_constant<int, 1>{});
+}
+
 // Threads of one parallel team meeting once per step (unit parts, sequence.h): a counter and a
 // generation number; the last to arrive opens the next generation. Waiters spin (a step is a
 // few microseconds), yielding now and then in case the machine is oversubscribed.
@@ -590,16 +720,42 @@ struct CPUBackend {
   // 1 MB up.
   static constexpr int64_t kPackMinBytes = 16 * 1024;
   static constexpr int64_t kPackGrainBytes = 512 * 1024;
+  // A transposed view (W^T of a weight W [N, K] as torch stores it: the forward pass's W_ih^T
+  // and W_hh^T) multiplied by fewer rows than this in all is read in place by dot_gemm, not
+  // packed: packing reads it strided and writes a copy that the products then read again, which
+  // cost as much as a product over 30-70 rows (1-16 MB weights; 3 ms for W_ih^T of an LSTM at
+  // I = H = 1024, where its product over 8 rows took 2). Measured (forward without autograd, 2
+  // threads, min of 4 alternating processes, packed -> in place): GRU H 1024 at T 1 B 1
+  // 5.5 -> 0.65 ms, T 3 B 16 9.6 -> 6.2; LSTM H 512 T 2 B 16 1.86 -> 1.45, T 6 B 8 2.67 -> 2.08,
+  // H 256 T 1 B 48 0.61 -> 0.54; from 64 rows packing was as fast or faster at H <= 512 (LSTM
+  // T 1 B 64 H 256 0.62 vs 0.70 ms, T 8 B 16 H 512 4.4 vs 5.6).
+  static constexpr int64_t kDotMaxRows = 64;
+  // Twice as many for weights of at least this size: beyond the cache, packing them cost ~0.7
+  // ns per element (16 MB in 2.8 ms on one thread), against ~0.2 for a 4 MB one. GRU at
+  // I = H = 1024, 128 rows: 16.5 ms packed, 14.9 in place (LSTM H 512, 4 MB: 4.4 vs 5.6).
+  static constexpr int64_t kDotLargeWeightBytes = 8 << 20;
+  static bool read_in_place(const at::Tensor& w, int64_t element_size, int64_t rows) {
+    const int64_t bytes = w.size(0) * w.size(1) * element_size;
+    return transposed_view(w) && rows < (bytes >= kDotLargeWeightBytes ? 2 : 1) * kDotMaxRows;
+  }
+
+  static bool transposed_view(const at::Tensor& w) {
+    return w.stride(0) == 1 && w.stride(1) != 1;
+  }
+  static bool large_weight(const at::Tensor& w, int64_t element_size) {
+    return w.size(0) * w.size(1) * element_size >= kPackMinBytes;
+  }
 
   // `w` [K, N] with any strides: W_hh^T is packed from the transposed view of W_hh (reading its
   // rows, no transposed copy: at batch 1 that copy and a memcpy per strip row were a fifth of
   // the forward pass).
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block) {
+  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block, int64_t rows) {
     constexpr int64_t SW = strip_width<scalar_t>();
     const int64_t K = weight.size(0), N = weight.size(1), blocks = N / block;
-    if (K * N * int64_t(sizeof(scalar_t)) < kPackMinBytes) return at::Tensor();
-    const bool transposed = weight.stride(0) == 1 && weight.stride(1) != 1;
+    if (!large_weight(weight, sizeof(scalar_t))) return at::Tensor();
+    const bool transposed = transposed_view(weight);
+    if (read_in_place(weight, sizeof(scalar_t), rows)) return at::Tensor();  // row_major keeps it
     const at::Tensor w = transposed ? weight : weight.contiguous();
     const int64_t ld = transposed ? w.stride(1) : w.stride(0);
     const int64_t strips = (block + SW - 1) / SW;
@@ -647,12 +803,13 @@ struct CPUBackend {
     return packed;
   }
 
-  // A weight too small to pack ([K, N], any strides) in row-major order: itself if it is, else
-  // a copy made here (ATen's contiguous() of a transposed 3 x 3 weight cost ~1.9 us, twice per
-  // forward call: a seventh of the char-RNN's).
+  // A weight that pack_weight left unpacked ([K, N], any strides) in row-major order: itself
+  // if it is, or a large transposed view as it is (read by dot_gemm), else a copy made here
+  // (ATen's contiguous() of a transposed 3 x 3 weight cost ~1.9 us, twice per forward call: a
+  // seventh of the char-RNN's).
   template <class scalar_t>
   static at::Tensor row_major(const at::Tensor& w) {
-    if (w.is_contiguous()) return w;
+    if (w.is_contiguous() || (transposed_view(w) && large_weight(w, sizeof(scalar_t)))) return w;
     const int64_t K = w.size(0), N = w.size(1), s0 = w.stride(0), s1 = w.stride(1);
     at::Tensor out = at::empty({K, N}, w.options());
     const scalar_t* src = w.const_data_ptr<scalar_t>();
@@ -709,6 +866,11 @@ struct CPUBackend {
                           const scalar_t* bias = nullptr) {
     if (m == 0 || c1 <= c0) return;
     const int64_t K = w.K;
+    if (w.ldt) {
+      dot_gemm(m, c1 - c0, K, A, lda, w.data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
+               bias ? bias + c0 : nullptr);
+      return;
+    }
     if (!w.packed) {
       gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc, bias ? bias + c0 : nullptr);
       return;
@@ -809,7 +971,7 @@ struct CPUBackend {
     const auto rb = RowBlocks::of(x);
     if (!rb) return aten_project_input(x, w_ih, bias, out);
     const int64_t G = w_ih.size(0);
-    const auto w_t = hold_weight<CPUBackend, scalar_t>(w_ih.t(), G);
+    const auto w_t = hold_weight<CPUBackend, scalar_t>(w_ih.t(), G, out.size(0));
     rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, out.size(0), w_t.view(),
                            bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
                            out.data_ptr<scalar_t>(), G);
@@ -887,7 +1049,7 @@ struct CPUBackend {
                                const at::Tensor& input) {
     const int64_t N = dgates.size(0), K = weight.size(1);
     if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input);
-    const auto w = hold_weight<CPUBackend, scalar_t>(weight, K);
+    const auto w = hold_weight<CPUBackend, scalar_t>(weight, K, N);
     at::Tensor grad = empty(input.sizes(), input.options());
     rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), RowBlocks{1, N, 0, dgates.stride(0)},
                            N, w.view(), nullptr, grad.data_ptr<scalar_t>(), K);

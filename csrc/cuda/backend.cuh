@@ -96,7 +96,7 @@ struct CUDABackend {
 
   // cuBLAS reads the recurrent weight as it is.
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor&, int64_t) {
+  static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t) {
     return at::Tensor();
   }
 
