@@ -219,24 +219,34 @@ def test_units_shared_across_threads(mode, kind, team):
         torch.set_num_threads(threads)
 
 
-# The forward products over fewer than 64 rows in all (csrc/cpu/backend.h: kDotMaxRows) read
-# W_ih^T and W_hh^T in place, as torch stores them (dot_gemm); from 64 rows on, packed copies.
-# Both sides of the boundary; one step of one row with the state given (a decoder's call: unit
-# parts on two threads, UNIT_SPLIT_H); an input width that leaves a partial lane (37) and
-# column counts that are not multiples of three (dot_gemm's blocks).
+# Products over fewer than 64 rows in all read their weight in place instead of packing it
+# (csrc/cpu/backend.h: read_in_place): the forward's W_ih^T and W_hh^T as torch stores them
+# (dot_gemm), the backward's row-major W_ih and W_hh from 1 MB on (kRowMajorInPlaceMinBytes,
+# the BLAS); from 64 rows on, packed copies (row-major ones in blocks of eight rows). Both sides
+# of the boundary; one step of one row with the state given (a decoder's call: unit parts on two
+# threads). "forward": UNIT_SPLIT_H units, an input width that leaves a partial lane (37) and
+# column counts that are not multiples of three (dot_gemm's blocks); "backward": I = H with
+# W_hh and W_ih of 1 MB in fp32 (the GRU's recurrent weight rolled to n, r, z first).
+IN_PLACE_H = {"forward": UNIT_SPLIT_H,
+              "backward": {"LSTM": 256, "GRU": 300, "RNN_TANH": 512, "RNN_RELU": 512}}
+
+
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("steps,batch", [(1, 1), (3, 2), (7, 9), (1, 63), (1, 64)],
-                         ids=["decoder_step", "two_rows", "63_rows", "63_rows_one_step",
-                              "64_rows"])
+@pytest.mark.parametrize("weights", list(IN_PLACE_H))
+@pytest.mark.parametrize("steps,batch", [(1, 1), (3, 2), (1, 8), (7, 9), (1, 63), (1, 64),
+                                         (2, 32)],
+                         ids=["decoder_step", "two_rows", "one_step", "63_rows",
+                              "63_rows_one_step", "64_rows", "64_rows_two_steps"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_weights_read_in_place(mode, steps, batch, threads, dtype):
+def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        h = UNIT_SPLIT_H[mode]
-        ref, fused = make_pair(mode, 37, h, dtype=dtype)
-        x = torch.randn(steps, batch, 37, dtype=dtype, requires_grad=True)
+        h = IN_PLACE_H[weights][mode]
+        inputs = 37 if weights == "forward" else h
+        ref, fused = make_pair(mode, inputs, h, dtype=dtype)
+        x = torch.randn(steps, batch, inputs, dtype=dtype, requires_grad=True)
         hs = [torch.randn(1, batch, h, dtype=dtype, requires_grad=True)
               for _ in range(2 if mode == "LSTM" else 1)]
         hx = tuple(hs) if mode == "LSTM" else hs[0]
@@ -246,6 +256,13 @@ def test_weights_read_in_place(mode, steps, batch, threads, dtype):
                 torch.testing.assert_close(b, a, **TOL[dtype])
     finally:
         torch.set_num_threads(saved)
+
+
+def test_large_weight_in_place():
+    """A 12 MB weight is read in place up to 128 rows (kDotLargeWeightBytes): 100 here."""
+    ref, fused = make_pair("GRU", 1024, 1024, dtype=torch.float32)
+    x = torch.randn(1, 100, 1024, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(x), [x], torch.float32)
 
 
 # Hidden sizes whose last lane (8 floats / 4 doubles on AVX2) is at most half full: the CPU runs
