@@ -81,6 +81,16 @@ SHAPES = [
           note="torch fastrnns default"),
     Shape("small_batch_lstm", "LSTM", 200, 4, 256, 256, sets=("default", "large"),
           note="small batch"),
+    # One step of a wide layer, as a decoder calls it once per generated token: the weights are
+    # multiplied by a few rows once, where packing them would cost more than the product.
+    Shape("decoder_gru_b1", "GRU", 1, 1, 1024, 1024, sets=("decoder",),
+          note="decoder step, batch 1"),
+    Shape("decoder_lstm_b8", "LSTM", 1, 8, 512, 512, sets=("decoder",),
+          note="decoder step, batch 8"),
+    Shape("decoder_lstm_b64", "LSTM", 1, 64, 256, 256, sets=("decoder",),
+          note="decoder step, batch 64"),
+    Shape("decoder_rnn_b64", "RNN_TANH", 1, 64, 1024, 1024, sets=("decoder",),
+          note="decoder step, batch 64"),
 ]
 
 
