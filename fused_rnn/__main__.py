@@ -11,8 +11,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="fused_rnn vs torch.nn on the seed models' shapes")
     bench.add_argument("--shapes", default="default",
-                       help="comma-separated shape names or sets (default, seeds, packed, gru, decoder, "
-                            "large, sweep, sweep_batch, sweep_hidden, sweep_T); see "
+                       help="comma-separated shape names or sets (default, seeds, packed, gru, "
+                            "decoder, large, sweep, sweep_batch, sweep_hidden, sweep_T); see "
                             "fused_rnn.bench.SHAPES")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--repeats", type=int, default=5)
