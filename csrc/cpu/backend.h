@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/cpu/vec/vec_n.h>
 #include <ATen/ops/empty.h>
@@ -474,31 +475,6 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64
   small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
 }
 
-// The sums of R * NC lanes, acc[r][c] -> out[r * NC + c].
-template <int R, int NC, class Vec, class T>
-inline void lane_sums(const Vec (&acc)[R][NC], T* out) {
-  constexpr int W = Vec::size();
-  FR_UNROLL_ROWS
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < NC; ++c) {
-#if defined(CPU_CAPABILITY_AVX2)
-      if constexpr (std::is_same_v<T, float>) {
-        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][c]),
-                                    _mm256_extractf128_ps(acc[r][c], 1));
-        const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        out[r * NC + c] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        continue;
-      }
-#endif
-      T lanes[W];
-      acc[r][c].store(lanes);
-      T sum(0);
-      for (int i = 0; i < W; ++i) sum += lanes[i];
-      out[r * NC + c] = sum;
-    }
-  }
-}
-
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C, + bias) with B held transposed: column j of B
 // is row j of Bt (`ldbt` apart), contiguous along k, as torch stores a weight [G, K] of which
 // the forward pass takes x W^T. For products over a few rows (a batch-1 or T = 1 call), where
@@ -536,53 +512,28 @@ void dot_block(int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T 
     const LaneMask<T> lane(k - p);
     step(p, [&](const T* q) { return lane.load(q); });
   }
-  T sums[R * NC];
-  lane_sums<R, NC>(acc, sums);
   FR_UNROLL_ROWS
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NC; ++c) {
       T& out = C[r * ldc + c];
-      const T s = sums[r * NC + c];
+      const T s = at::vec::vec_reduce_all(std::plus<Vec>(), acc[r][c]);
       out = beta != T(0) ? s + beta * out : (bias ? s + bias[c] : s);
     }
   }
 }
 
-template <int NC, class T>
-void dot_rows(int64_t m, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
-              T* C, int64_t ldc, const T* bias) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) {
-    dot_block<4, NC>(k, A + i * lda, lda, Bt, ldbt, beta, C + i * ldc, ldc, bias);
-  }
-  const T* a = A + i * lda;
-  T* c = C + i * ldc;
-  switch (m - i) {
-    case 3: return dot_block<3, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
-    case 2: return dot_block<2, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
-    case 1: return dot_block<1, NC>(k, a, lda, Bt, ldbt, beta, c, ldc, bias);
-    default: return;
-  }
-}
-
-// R rows of C, all n columns: blocks of NC, then one block of the rest.
-template <int R, int NC, class T, int... Rest>
-void dot_cols(int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
-              T* C, int64_t ldc, const T* bias, std::integer_sequence<int, Rest...>) {
+// fn(j, std::integral_constant<int, NB>) for columns [j, j + NB) of n: blocks of NC columns,
+// then one block of the rest (its width a compile-time constant too).
+template <int NC, class Fn, int... Rest>
+void column_blocks(int64_t n, const Fn& fn, std::integer_sequence<int, Rest...>) {
   int64_t j = 0;
-  auto block = [&](auto cols) {
-    constexpr int NB = decltype(cols)::value;
-    dot_block<R, NB>(k, A, lda, Bt + j * ldbt, ldbt, beta, C + j, ldc, bias ? bias + j : nullptr);
-  };
-  for (; j + NC <= n; j += NC) block(std::integral_constant<int, NC>{});
+  for (; j + NC <= n; j += NC) fn(j, std::integral_constant<int, NC>{});
   const int rest = int(n - j);
-  ((rest == Rest + 1 ? (block(std::integral_constant<int, Rest + 1>{}), 0) : 0), ...);
+  ((rest == Rest + 1 ? (fn(j, std::integral_constant<int, Rest + 1>{}), 0) : 0), ...);
 }
-template <int R, int NC, class T>
-void dot_cols(int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta,
-              T* C, int64_t ldc, const T* bias) {
-  dot_cols<R, NC>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias,
-                  std::make_integer_sequence<int, NC - 1>{});
+template <int NC, class Fn>
+void column_blocks(int64_t n, const Fn& fn) {
+  column_blocks<NC>(n, fn, std::make_integer_sequence<int, NC - 1>{});
 }
 
 // C = A B (+ beta C, + bias) with B as dot_block takes it. One or two rows (a batch-1 or -2
@@ -592,16 +543,26 @@ void dot_cols(int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt, int64_
 template <class T>
 void dot_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt,
               int64_t ldbt, T beta, T* C, int64_t ldc, const T* bias = nullptr) {
-  if (m == 1) return dot_cols<1, 6>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias);
-  if (m == 2) return dot_cols<2, 4>(n, k, A, lda, Bt, ldbt, beta, C, ldc, bias);
-  int64_t j = 0;
-  auto block = [&](auto cols) {
-    constexpr int NB = decltype(cols)::value;
-    dot_rows<NB>(m, k, A, lda, Bt + j * ldbt, ldbt, beta, C + j, ldc, bias ? bias + j : nullptr);
+  // Rows of A [r0, r0 + R) times the columns [j, j + NB).
+  auto rows = [&](auto r, int64_t r0, int64_t j, auto cols) {
+    constexpr int R = decltype(r)::value, NB = decltype(cols)::value;
+    dot_block<R, NB>(k, A + r0 * lda, lda, Bt + j * ldbt, ldbt, beta, C + r0 * ldc + j, ldc,
+                     bias ? bias + j : nullptr);
   };
-  for (; j + 3 <= n; j += 3) block(std::integral_constant<int, 3>{});
-  if (n - j == 2) block(std::integral_constant<int, 2>{});
-  if (n - j == 1) block(std::integral_constant<int, 1>{});
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  if (m == 1) return column_blocks<6>(n, [&](int64_t j, auto cols) { rows(One{}, 0, j, cols); });
+  if (m == 2) return column_blocks<4>(n, [&](int64_t j, auto cols) { rows(Two{}, 0, j, cols); });
+  column_blocks<3>(n, [&](int64_t j, auto cols) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) rows(std::integral_constant<int, 4>{}, i, j, cols);
+    switch (m - i) {
+      case 3: return rows(std::integral_constant<int, 3>{}, i, j, cols);
+      case 2: return rows(Two{}, i, j, cols);
+      case 1: return rows(One{}, i, j, cols);
+      default: return;
+    }
+  });
 }
 
 // Threads of one parallel team meeting once per step (unit parts, sequence.h): a counter and a
@@ -809,30 +770,29 @@ struct CPUBackend {
         const int64_t b = i / strips, st = i % strips;
         const int64_t c0 = b * block + st * SW, width = std::min(SW, block - st * SW);
         scalar_t* panel = dst + i * K * SW;
-        {  // element (k, c0 + c) at src[(c0 + c) * ld + k]
-          int64_t c = 0;
+        // A transposed view: element (k, c0 + c) at src[(c0 + c) * ld + k].
+        int64_t c = 0;
 #if defined(CPU_CAPABILITY_AVX2)
-          // 8 x 8 blocks transposed in registers (a 1 MB W^T: 40 us, 99 element by element).
-          if constexpr (std::is_same_v<scalar_t, float>) {
-            for (; c + 8 <= width; c += 8) {
-              const scalar_t* rows = src + (c0 + c) * ld;
-              int64_t k = 0;
-              for (; k + 8 <= K; k += 8) {
-                at::vec::transpose_mxn<float, 8, 8>(rows + k, ld, panel + k * SW + c, SW);
-              }
-              for (; k < K; ++k) {
-                for (int64_t r = 0; r < 8; ++r) panel[k * SW + c + r] = rows[r * ld + k];
-              }
+        // 8 x 8 blocks transposed in registers (a 1 MB W^T: 40 us, 99 element by element).
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          for (; c + 8 <= width; c += 8) {
+            const scalar_t* rows = src + (c0 + c) * ld;
+            int64_t k = 0;
+            for (; k + 8 <= K; k += 8) {
+              at::vec::transpose_mxn<float, 8, 8>(rows + k, ld, panel + k * SW + c, SW);
+            }
+            for (; k < K; ++k) {
+              for (int64_t r = 0; r < 8; ++r) panel[k * SW + c + r] = rows[r * ld + k];
             }
           }
+        }
 #endif
-          for (; c < width; ++c) {
-            const scalar_t* row = src + (c0 + c) * ld;
-            for (int64_t k = 0; k < K; ++k) panel[k * SW + c] = row[k];
-          }
+        for (; c < width; ++c) {
+          const scalar_t* row = src + (c0 + c) * ld;
+          for (int64_t k = 0; k < K; ++k) panel[k * SW + c] = row[k];
         }
         for (int64_t k = 0; k < K && width < SW; ++k) {  // the padding of a block's last strip
-          for (int64_t c = width; c < SW; ++c) panel[k * SW + c] = scalar_t(0);
+          for (int64_t j = width; j < SW; ++j) panel[k * SW + j] = scalar_t(0);
         }
       }
     });
