@@ -1,12 +1,14 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
-//   pack_weight<scalar_t>(w, block, rows) -> Tensor                its own copy of a weight
+//   pack_weight<scalar_t>(w, block, rows, roll) -> Tensor          its own copy of a weight
 //                                                                  [K, N], any strides, for
 //                                                                  products over `rows` rows
 //                                                                  in all, which gemm_weight
 //                                                                  then reads (or undefined:
-//                                                                  none, it reads w)
+//                                                                  none, it reads w); `roll`
+//                                                                  (kRollInPlace): its rows as
+//                                                                  w.roll(roll, 0) has them
 //   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc, bias)     columns [c0, c1) of A W
 //                                                                  (+ bias: CPU only)
 //   copy(dst, src, count)                                          contiguous copy
@@ -17,7 +19,7 @@
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
 //   kStepProjection, project_in_loop(schedule, dims, x)            whether to project x inside
 //                                                                  the loop (StepProjection)
-//   grad_weight<scalar_t>(dgates, inputs), grad_input<scalar_t>(dgates, w, input),
+//   grad_weight<scalar_t>(dgates, inputs, out), grad_input<scalar_t>(dgates, w, input),
 //   column_sums<scalar_t>(dgates)                                  after the loop
 //   concurrently(product, a, b)                                    a() and b(), independent,
 //                                                                  at once where it pays
@@ -149,12 +151,16 @@ struct RowBlocks {
 // come in blocks of `block` (a gate's units forward, the state backward); unit parts use
 // column ranges within one block, starting at a multiple of kUnitAlign. `ldt`: 0, or (CPU,
 // unpacked) `data` is the weight as torch stores it, [N, K] rows `ldt` apart, read in place.
+// `roll`: 0, or (CPU, unpacked, row-major) `data` holds the rows of the weight that the
+// products mean rolled back by `roll` (their row k is data's row (k - roll) mod K, as
+// torch.roll(data, roll, 0) would place it): GRU's W_hh, read in place by the backward.
 template <class scalar_t>
 struct Weight {
   const scalar_t* data;
   const scalar_t* packed;
   int64_t K, N, block;
   int64_t ldt = 0;
+  int64_t roll = 0;
 };
 
 // A weight [K, N] (any strides) held for one call as the products read it: the backend's
@@ -162,22 +168,29 @@ struct Weight {
 template <class scalar_t>
 struct HeldWeight {
   at::Tensor data, packed;
-  int64_t K = 0, N = 0, block = 0;
+  int64_t K = 0, N = 0, block = 0, roll = 0;
   Weight<scalar_t> view() const {
     // A transposed view that the backend kept as it is (row_major).
     const bool transposed = data.defined() && data.stride(0) == 1 && data.stride(1) != 1;
     return {data.defined() ? data.const_data_ptr<scalar_t>() : nullptr,
             packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block,
-            transposed ? data.stride(1) : 0};
+            transposed ? data.stride(1) : 0, data.defined() ? roll : 0};
   }
 };
 
-// `rows`: how many rows the call's products multiply by it in all.
+// `rows`: how many rows the call's products multiply by it in all. `roll`: the products read
+// w.roll(roll, 0) (GRU's backward: W_hh's gate rows in the order n, r, z). Backends with
+// kRollInPlace pack the rows in that order or read them where they are (Weight::roll); the
+// others get the rolled copy.
 template <class Backend, class scalar_t>
-HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t rows) {
-  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block, rows);
+HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t rows,
+                                 int64_t roll = 0) {
+  if (roll != 0 && !Backend::kRollInPlace) {
+    return hold_weight<Backend, scalar_t>(w.roll(roll, 0), block, rows);
+  }
+  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block, rows, roll);
   at::Tensor data = packed.defined() ? at::Tensor() : Backend::template row_major<scalar_t>(w);
-  return {std::move(data), std::move(packed), w.size(0), w.size(1), block};
+  return {std::move(data), std::move(packed), w.size(0), w.size(1), block, roll};
 }
 
 // The products outside the loop as ATen calls (cuBLAS, or the CPU's BLAS for large layers).
@@ -192,9 +205,29 @@ inline void aten_project_input(const at::Tensor& x, const at::Tensor& w_ih,
     at::mm_out(out, x2d, w_ih.t());
   }
 }
-inline at::Tensor aten_grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
-  return at::mm(dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
+// out: [G, K], contiguous (a block of rows of a larger one).
+inline void aten_grad_weight(const at::Tensor& dgates, const at::Tensor& inputs, at::Tensor out) {
+  at::mm_out(out, dgates.t(), inputs.reshape({dgates.size(0), inputs.size(-1)}));
 }
+// dW [G, K] = dgates^T inputs (dgates [N, G], inputs as grad_weight takes them), its rows
+// rolled back by `roll`: GRU's dW_hh from the gate gradients in the order n, r, z, in W_hh's
+// order r, z, n. Two products, each into its own rows, instead of a rolled copy of the whole
+// gradient (at I = H = 1024 a copy of 12 MB: ~1 ms per call on this CPU).
+template <class Backend, class scalar_t>
+at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, int64_t roll = 0) {
+  const int64_t G = dgates.size(1);
+  at::Tensor out = Backend::empty({G, inputs.size(-1)}, dgates.options());
+  if (roll == 0) {
+    Backend::template grad_weight<scalar_t>(dgates, inputs, out);
+  } else {
+    Backend::template grad_weight<scalar_t>(dgates.narrow(1, roll, G - roll), inputs,
+                                            out.narrow(0, 0, G - roll));
+    Backend::template grad_weight<scalar_t>(dgates.narrow(1, 0, roll), inputs,
+                                            out.narrow(0, G - roll, roll));
+  }
+  return out;
+}
+
 // Contiguous, shaped like `input`.
 inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                   const at::Tensor& input) {
@@ -742,6 +775,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   }
 
   const bool gru = d.mode == Mode::GRU;
+  // GRU's recurrent gate gradients come in the order n, r, z (cells.h): they meet W_hh's rows
+  // rolled by H, and their products give dW_hh and db_hh rolled likewise.
+  const int64_t roll = gru ? d.H : 0;
   const int64_t S = d.saved_cols();
   at::Tensor dgates = consume ? workspace.narrow(0, 0, s.N * S).view({s.N, S})
                               : Backend::empty({s.N, S}, opts);
@@ -771,8 +807,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     }
   }
   if (s.N > 0) {
-    const HeldWeight<scalar_t> w_hh =
-        hold_weight<Backend, scalar_t>(gru ? a.w_hh.roll(d.H, 0) : a.w_hh, d.P, s.N);
+    const HeldWeight<scalar_t> w_hh = hold_weight<Backend, scalar_t>(a.w_hh, d.P, s.N, roll);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
@@ -813,10 +848,10 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           if (input_grad) {
             grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
           }
-          grad_w_ih = Backend::template grad_weight<scalar_t>(dgates_x, x);
+          grad_w_ih = weight_gradient<Backend, scalar_t>(dgates_x, x);
         },
         [&] {
-          grad_w_hh = Backend::template grad_weight<scalar_t>(dgates_h, h_prev);
+          grad_w_hh = weight_gradient<Backend, scalar_t>(dgates_h, h_prev, roll);
           if (sum_input_side) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
           if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
         });
@@ -825,14 +860,14 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
   if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);
-  if (gru) {  // back from the order n, r, z to r, z, n
-    grad_w_hh = grad_w_hh.roll(-d.H, 0);
-    if (a.b_hh) grad_b_hh = grad_b_hh.roll(-d.H, 0);
-  }
+  // Back from the order n, r, z to r, z, n (weight_gradient's dW_hh is already): the step
+  // gradients' dW_hh has at most kStepGradientMaxSums elements.
+  if (gru && step_grads) grad_w_hh = grad_w_hh.roll(-roll, 0);
+  if (gru && a.b_hh) grad_b_hh = grad_b_hh.roll(-roll, 0);
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (d.proj) {
     const int64_t r_off = s.N * (S + d.P + d.H);
-    grad_w_hr = Backend::template grad_weight<scalar_t>(
+    grad_w_hr = weight_gradient<Backend, scalar_t>(
         dh_all, workspace.narrow(0, r_off, s.N * d.H).view({s.N, d.H}));
   }
   if (!hx_grad) dh_state.zero_();  // (the loop left a partial sum there, or none)

@@ -719,12 +719,17 @@ struct CPUBackend {
   // `w` [K, N] with any strides: W_hh^T is packed from the transposed view of W_hh (reading its
   // rows, no transposed copy: at batch 1 that copy and a memcpy per strip row were a fifth of
   // the forward pass).
+  // `roll` (a row-major weight only): the rows packed as weight.roll(roll, 0) has them; an
+  // unpacked one is read where it is (gemm_weight), no rolled copy either way.
+  static constexpr bool kRollInPlace = true;
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block, int64_t rows) {
+  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block, int64_t rows,
+                                int64_t roll) {
     constexpr int64_t SW = strip_width<scalar_t>();
     const int64_t K = weight.size(0), N = weight.size(1), blocks = N / block;
     if (!large_weight(weight, sizeof(scalar_t))) return at::Tensor();
     const bool transposed = transposed_view(weight);
+    TORCH_INTERNAL_ASSERT(roll == 0 || !transposed);
     if (read_in_place(weight, sizeof(scalar_t), rows)) return at::Tensor();  // row_major keeps it
     const at::Tensor w = transposed ? weight : weight.contiguous();
     const int64_t ld = transposed ? w.stride(1) : w.stride(0);
@@ -738,6 +743,10 @@ struct CPUBackend {
       // apart: a page once a row has 1024 floats; as many streams as rows) packed a 12 MB W_ih
       // (the backward's GRU at I = H = 1024) in 4.4-7.1 ms on one thread, 2.3-2.8 now (64-row
       // blocks: 4.4-4.7); 1 MB 83-91 -> 56 us, 16 MB 5.9-6.4 -> 2.9-3.1 ms.
+      auto row = [&](int64_t k) {  // row k of weight.roll(roll, 0)
+        const int64_t r = k - roll;
+        return src + (r < 0 ? r + K : r) * ld;
+      };
       const int64_t row_blocks = (K + kPackRows - 1) / kPackRows;
       const int64_t grain = std::max<int64_t>(
           1, kPackGrainBytes / (kPackRows * N * int64_t(sizeof(scalar_t))));
@@ -750,12 +759,12 @@ struct CPUBackend {
             scalar_t* panel = dst + i * K * SW;
             if (width == SW) {  // a copy of known size: inlined, no memcpy call per row
               for (int64_t k = k0; k < k1; ++k) {
-                std::memcpy(panel + k * SW, src + k * ld + c0, sizeof(scalar_t) * SW);
+                std::memcpy(panel + k * SW, row(k) + c0, sizeof(scalar_t) * SW);
               }
               continue;
             }
             for (int64_t k = k0; k < k1; ++k) {
-              std::copy(src + k * ld + c0, src + k * ld + c0 + width, panel + k * SW);
+              std::copy(row(k) + c0, row(k) + c0 + width, panel + k * SW);
               std::fill(panel + k * SW + width, panel + (k + 1) * SW, scalar_t(0));
             }
           }
@@ -868,7 +877,15 @@ struct CPUBackend {
       return;
     }
     if (!w.packed) {
-      gemm(m, c1 - c0, K, A, lda, w.data + c0, w.N, beta, C + c0, ldc, bias ? bias + c0 : nullptr);
+      const int64_t r = w.roll;
+      if (r > 0) {  // rows [0, r) of the weight are data's last r rows, the rest its first
+        gemm(m, c1 - c0, r, A, lda, w.data + (K - r) * w.N + c0, w.N, beta, C + c0, ldc,
+             bias ? bias + c0 : nullptr);
+        beta = scalar_t(1);
+        bias = nullptr;
+      }
+      gemm(m, c1 - c0, K - r, A + r, lda, w.data + c0, w.N, beta, C + c0, ldc,
+           bias ? bias + c0 : nullptr);
       return;
     }
     const int64_t block_rows = packed_block_rows(K);
@@ -1002,22 +1019,25 @@ struct CPUBackend {
     return lane_fill<scalar_t>(G) > lane_fill<scalar_t>(K);
   }
 
-  // dW [G, K] = dgates^T [G, N] inputs [N, K]: inputs as project_input's x (or [N, K]); dgates
-  // may be a column block of a wider matrix.
+  // out [G, K] (contiguous: rows of a larger one) = dgates^T [G, N] inputs [N, K]: inputs as
+  // project_input's x (or [N, K]); dgates may be a column block of a wider matrix.
   template <class scalar_t>
-  static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
+  static void grad_weight(const at::Tensor& dgates, const at::Tensor& inputs, at::Tensor out) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(-1);
     const auto rb = RowBlocks::of(inputs);
     if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || !rb) {
-      return aten_grad_weight(dgates, inputs);
+      return aten_grad_weight(dgates, inputs, std::move(out));
     }
-    if (N == 0) return at::zeros({G, K}, dgates.options());
+    if (N == 0) {
+      out.zero_();
+      return;
+    }
     const bool transposed = grad_weight_transposed<scalar_t>(G, K);
     const int64_t rows = transposed ? K : G, cols = transposed ? G : K;
-    at::Tensor out = empty({rows, cols}, dgates.options());
+    const at::Tensor result = transposed ? empty({rows, cols}, dgates.options()) : out;
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* o = result.data_ptr<scalar_t>();
     const int64_t ld = dgates.stride(0);
     // Rows of the result shared out across threads once each has kParallelWork multiply-adds;
     // each sums its rows over every run of input rows (the first run initialises them).
@@ -1034,7 +1054,7 @@ struct CPUBackend {
         }
       });
     });
-    return transposed ? out.t().contiguous() : out;
+    if (transposed) out.copy_(result.t());
   }
 
   // dx = dgates [N, G] w [G, K], contiguous and shaped like `input` (project_input's x): its

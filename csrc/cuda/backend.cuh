@@ -94,9 +94,11 @@ struct CUDABackend {
     return block_backward<scalar_t>(s, d, reverse, b);
   }
 
-  // cuBLAS reads the recurrent weight as it is.
+  // cuBLAS reads the recurrent weight as it is; GRU's backward gets W_hh's rows rolled in a
+  // copy (hold_weight), which the block loop's kernels read like any weight.
+  static constexpr bool kRollInPlace = false;
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t) {
+  static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t, int64_t) {
     return at::Tensor();
   }
 
@@ -167,8 +169,8 @@ struct CUDABackend {
   }
 
   template <class scalar_t>
-  static at::Tensor grad_weight(const at::Tensor& dgates, const at::Tensor& inputs) {
-    return aten_grad_weight(dgates, inputs);
+  static void grad_weight(const at::Tensor& dgates, const at::Tensor& inputs, at::Tensor out) {
+    aten_grad_weight(dgates, inputs, std::move(out));
   }
   template <class scalar_t>
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
