@@ -1,10 +1,11 @@
 // The time loop of one layer in one direction, forward and backward, written once for every
 // device. A Backend supplies, all on the current device/stream:
 //   gemm(m, n, k, A, lda, B, ldb, beta, C, ldc)                   row-major C[m,n] = A B + beta C
-//   pack_weight<scalar_t>(w, block, rows, roll) -> Tensor          its own copy of a weight
+//   pack_weight<scalar_t>(w, block, rows, products, roll) -> Tensor  its own copy of a weight
 //                                                                  [K, N], any strides, for
-//                                                                  products over `rows` rows
-//                                                                  in all, which gemm_weight
+//                                                                  `products` products over
+//                                                                  `rows` rows in all, which
+//                                                                  gemm_weight
 //                                                                  then reads (or undefined:
 //                                                                  none, it reads w); `roll`
 //                                                                  (kRollInPlace): its rows as
@@ -178,17 +179,18 @@ struct HeldWeight {
   }
 };
 
-// `rows`: how many rows the call's products multiply by it in all. `roll`: the products read
+// `rows`: how many rows the call's products multiply by it in all, in `products` products (a
+// product per step, or one over all rows). `roll`: the products read
 // w.roll(roll, 0) (GRU's backward: W_hh's gate rows in the order n, r, z). Backends with
 // kRollInPlace pack the rows in that order or read them where they are (Weight::roll); the
 // others get the rolled copy.
 template <class Backend, class scalar_t>
 HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t rows,
-                                 int64_t roll = 0) {
+                                 int64_t products, int64_t roll = 0) {
   if (roll != 0 && !Backend::kRollInPlace) {
-    return hold_weight<Backend, scalar_t>(w.roll(roll, 0), block, rows);
+    return hold_weight<Backend, scalar_t>(w.roll(roll, 0), block, rows, products);
   }
-  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block, rows, roll);
+  at::Tensor packed = Backend::template pack_weight<scalar_t>(w, block, rows, products, roll);
   at::Tensor data = packed.defined() ? at::Tensor() : Backend::template row_major<scalar_t>(w);
   return {std::move(data), std::move(packed), w.size(0), w.size(1), block, roll};
 }
@@ -664,7 +666,8 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
-  const HeldWeight<scalar_t> w_hh_t = hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H, s.N);
+  const HeldWeight<scalar_t> w_hh_t =
+      hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H, s.N, s.T);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -692,7 +695,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor ring;
   if constexpr (Backend::kStepProjection) {
     if (!in_place && Backend::project_in_loop(s, d, x)) {
-      w_ih_t = hold_weight<Backend, scalar_t>(a.w_ih.t(), d.H, s.N);
+      w_ih_t = hold_weight<Backend, scalar_t>(a.w_ih.t(), d.H, s.N, s.T);
       const int64_t chunk = Backend::kStepProjectionChunk;
       int64_t ring_rows = 0;
       for (const Part& p : parts) ring_rows = std::max(ring_rows, chunk_rows(d, p, chunk));
@@ -797,7 +800,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
       const int64_t size = Backend::step_gradients_size(d);
       sums = at::zeros({int64_t(parts.size()), size}, opts);
       if (input_grad) {
-        w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I, s.N);
+        w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I, s.N, s.T);
         grad_input = Backend::empty(x.sizes(), opts);
       }
       step_grads = StepGradients<scalar_t>{
@@ -807,7 +810,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     }
   }
   if (s.N > 0) {
-    const HeldWeight<scalar_t> w_hh = hold_weight<Backend, scalar_t>(a.w_hh, d.P, s.N, roll);
+    const HeldWeight<scalar_t> w_hh =
+        hold_weight<Backend, scalar_t>(a.w_hh, d.P, s.N, s.T, roll);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,

@@ -258,11 +258,17 @@ def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
         torch.set_num_threads(saved)
 
 
-def test_large_weight_in_place():
-    """A 12 MB weight is read in place up to 128 rows (kDotLargeWeightBytes): 100 here."""
+@pytest.mark.parametrize("steps,batch", [(1, 100), (2, 100), (3, 50)],
+                         ids=["few_rows", "wide_products", "packed"])
+def test_large_weight_in_place(steps, batch):
+    """12 MB weights (kDotLargeWeightBytes, csrc/cpu/backend.h: read_in_place), GRU's rolled W_hh
+    among them: under 128 rows in all read in place both ways; 200 rows in products of 100, the
+    backward's row-major ones in place, the forward's packed; 150 rows in products of 50, all
+    packed."""
     ref, fused = make_pair("GRU", 1024, 1024, dtype=torch.float32)
-    x = torch.randn(1, 100, 1024, requires_grad=True)
-    assert_same_run(ref, fused, lambda m: m(x), [x], torch.float32)
+    x = torch.randn(steps, batch, 1024, requires_grad=True)
+    h0 = torch.randn(1, batch, 1024, requires_grad=True)
+    assert_same_run(ref, fused, lambda m: m(x, h0), [x, h0], torch.float32)
 
 
 # Hidden sizes whose last lane (8 floats / 4 doubles on AVX2) is at most half full: the CPU runs

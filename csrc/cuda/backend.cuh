@@ -98,7 +98,7 @@ struct CUDABackend {
   // copy (hold_weight), which the block loop's kernels read like any weight.
   static constexpr bool kRollInPlace = false;
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t, int64_t) {
+  static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t, int64_t, int64_t) {
     return at::Tensor();
   }
 
