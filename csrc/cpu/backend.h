@@ -928,6 +928,12 @@ struct CPUBackend {
   // MKL, whose tall-skinny products cost 100-300 us here whatever their size. Beyond it, the
   // input projection moves into the loop (without training).
   static constexpr int64_t kSmallPostLoop = 256 * 1024;
+  // And of at most this many multiply-adds for a weight gradient: beyond it the BLAS's rate
+  // outweighs its overhead (backward op, 2 threads, min of 8 alternating runs, small_gemm ->
+  // BLAS): RNN T 1 B 64 I = H 1024 (67M) 4.21 -> 3.63 ms, GRU T 10 B 32 H 256 (63M) 3.75 ->
+  // 3.32, LSTM T 20 B 8 H 256 (42M) 2.43 -> 2.19, GRU T 1 B 32 H 512 (25M) 1.68 / 1.67; RNN
+  // T 1 B 128 H 1024 9.7 -> 7.4 (4 runs).
+  static constexpr int64_t kSmallPostLoopMacs = 16 << 20;
   // Multiply-adds per thread below which these products stay on one thread: waking the other
   // threads (and waiting for the last) cost more than 100-200 us of work here. With a 64K grain
   // the toxic model's training step took 25% longer on 2 threads than on 1.
@@ -1037,7 +1043,8 @@ struct CPUBackend {
   static void grad_weight(const at::Tensor& dgates, const at::Tensor& inputs, at::Tensor out) {
     const int64_t N = dgates.size(0), G = dgates.size(1), K = inputs.size(-1);
     const auto rb = RowBlocks::of(inputs);
-    if (N * G > kSmallPostLoop || dgates.stride(1) != 1 || !rb) {
+    if (N * G > kSmallPostLoop || N * G * K > kSmallPostLoopMacs || dgates.stride(1) != 1 ||
+        !rb) {
       return aten_grad_weight(dgates, inputs, std::move(out));
     }
     if (N == 0) {
