@@ -388,6 +388,7 @@ def plot(report, path):
         ax.set_xscale("log")
         ax.set_xticks(values)
         ax.set_xticklabels([str(v) for v in values])
+        ax.set_xticks([], minor=True)  # the log scale's own minor ticks would label themselves
         ax.set_xlabel(f"{axis} ({field}; I=H for hidden)" if axis == "hidden" else f"{axis} ({field})")
         ax.set_ylabel("speedup over torch.nn (x)")
         ax.set_title(f"LSTM {base}, {axis} varied")
