@@ -5,11 +5,11 @@
 //                                                                  [K, N], any strides, for
 //                                                                  `products` products over
 //                                                                  `rows` rows in all, which
-//                                                                  gemm_weight
-//                                                                  then reads (or undefined:
-//                                                                  none, it reads w); `roll`
-//                                                                  (kRollInPlace): its rows as
-//                                                                  w.roll(roll, 0) has them
+//                                                                  gemm_weight then reads (or
+//                                                                  undefined: none, it reads
+//                                                                  w); `roll` (kRollInPlace):
+//                                                                  its rows as w.roll(roll, 0)
+//                                                                  has them
 //   gemm_weight(m, c0, c1, A, lda, Weight, beta, C, ldc, bias)     columns [c0, c1) of A W
 //                                                                  (+ bias: CPU only)
 //   copy(dst, src, count)                                          contiguous copy
@@ -180,10 +180,9 @@ struct HeldWeight {
 };
 
 // `rows`: how many rows the call's products multiply by it in all, in `products` products (a
-// product per step, or one over all rows). `roll`: the products read
-// w.roll(roll, 0) (GRU's backward: W_hh's gate rows in the order n, r, z). Backends with
-// kRollInPlace pack the rows in that order or read them where they are (Weight::roll); the
-// others get the rolled copy.
+// product per step, or one over all rows). `roll`: the products read w.roll(roll, 0) (GRU's
+// backward: W_hh's gate rows in the order n, r, z). Backends with kRollInPlace pack the rows
+// in that order or read them where they are (Weight::roll); the others get the rolled copy.
 template <class Backend, class scalar_t>
 HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t rows,
                                  int64_t products, int64_t roll = 0) {
