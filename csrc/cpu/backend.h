@@ -347,10 +347,14 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t run_count = kRuns ? runs.count : 1;
-  // The accumulators' start, through `load` (a full lane, or the masked last one).
-  auto init = [&](int r, int64_t j, const auto& load) {
-    if (beta != T(0)) return load(C + r * ldc + j) * Vec(beta);
-    return bias ? load(bias + j) : Vec(T(0));
+  // The accumulators start from zero (or the bias), and beta C is added to their sums at the
+  // end: a sum over k that adds to C (a block of k, a chunk of steps' weight gradients) is
+  // rounded as a sum of its own, not term by term onto the running total.
+  // (The branch on beta outside the stores: inside them, as a select, it cost 5% of a 16-row,
+  // K = 64 product.)
+  auto init = [&](int64_t j, const auto& load) { return bias ? load(bias + j) : Vec(T(0)); };
+  auto plus_c = [&](int r, int64_t j, Vec sum, const auto& load) {
+    return sum + load(C + r * ldc + j) * Vec(beta);
   };
   const auto full = [](const T* p) { return Vec::loadu(p); };
   int64_t j = 0;
@@ -358,8 +362,8 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     Vec acc[R][2];
     FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
-      acc[r][0] = init(r, j, full);
-      acc[r][1] = init(r, j + W, full);
+      acc[r][0] = init(j, full);
+      acc[r][1] = init(j + W, full);
     }
     for (int64_t run = 0; run < run_count; ++run) {
       const T* a = A + run * runs.a_step;
@@ -400,6 +404,13 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
         }
       }
     }
+    if (beta != T(0)) {
+      FR_UNROLL_ROWS
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] = plus_c(r, j, acc[r][0], full);
+        acc[r][1] = plus_c(r, j + W, acc[r][1], full);
+      }
+    }
     FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
       acc[r][0].store(C + r * ldc + j);
@@ -414,7 +425,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     Vec acc[R], acc2[R];
     FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
-      acc[r] = init(r, j, masked);
+      acc[r] = init(j, masked);
       acc2[r] = Vec(T(0));
     }
     for (int64_t run = 0; run < run_count; ++run) {
@@ -438,29 +449,60 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       }
     }
     FR_UNROLL_ROWS
-    for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r] + acc2[r]);
+    for (int r = 0; r < R; ++r) acc[r] = acc[r] + acc2[r];
+    if (beta != T(0)) {
+      FR_UNROLL_ROWS
+      for (int r = 0; r < R; ++r) acc[r] = plus_c(r, j, acc[r], masked);
+    }
+    FR_UNROLL_ROWS
+    for (int r = 0; r < R; ++r) lane.store(C + r * ldc + j, acc[r]);
   }
 }
 
 // Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
+// m rows in groups as even as they come where each keeps at least four (20 rows as 5 + 5 + 5 + 5,
+// not 6 + 6 + 6 + 2): from four rows a group's 8+ chains of multiply-adds hide the FMA latency,
+// so it runs at six rows' rate per row, where a group of 1-3 rows does not (7 rows stay 6 + 1:
+// 4 + 3 was slower). Measured (per-step products over a packed W_hh^T, one thread, GFLOP/s,
+// same build, 6-first -> even): 8 rows at H 128 82 -> 89, 16 at H 64 86-87 -> 89, 20 at H 650
+// 87 -> 92, 32 at H 512 91-92 -> 95, 50 at H 128 91 -> 93; 100 rows 93 either way.
+//
+// k in chunks of kSumChunk terms, each chunk's sums added to C (gemm_rows adds beta C to its
+// own): one chain of multiply-adds over all k terms lost accuracy as k grew, where a BLAS sums
+// in blocks. Against an fp64 product ([150, K] x [K, 1024], fp32 randn, rms error): one chain
+// 2.9e-7 at K 256, 5.8e-7 at 1024, 1.0e-6 at 3072; chunks of 256 2.9-3.0e-7 (MKL 2.1-2.6e-7;
+// chunks of 128 2.1-2.2e-7, but 3% slower per step at K 256-650). A GRU at H 1024 (its backward
+// sums 3H terms) had its weight gradients at 4x torch.nn's error against the fp64 oracle, past
+// DESIGN.md's fp32 tolerance (tests/test_parity.py: test_fp32_long_sums).
+constexpr int64_t kSumChunk = 256;
 template <bool kRuns, class T>
 void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
                      const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
                      const Runs& runs) {
-  int64_t i = 0;
-  for (; i + 6 <= m; i += 6) {
-    gemm_rows<6, kRuns>(n, k, A + i * a_rs, a_rs, a_cs, B, ldb, beta, C + i * ldc, ldc, bias,
-                        runs);
-  }
-  const T* a = A + i * a_rs;
-  T* c = C + i * ldc;
-  switch (m - i) {
-    case 5: return gemm_rows<5, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
-    case 4: return gemm_rows<4, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
-    case 3: return gemm_rows<3, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
-    case 2: return gemm_rows<2, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
-    case 1: return gemm_rows<1, kRuns>(n, k, a, a_rs, a_cs, B, ldb, beta, c, ldc, bias, runs);
-    default: return;
+  const int64_t groups = (m + 5) / 6;
+  const bool even = m > 6 && m / groups >= 4;
+  for (int64_t g = 0, i = 0; i < m; ++g) {
+    const int64_t rows =
+        even ? m / groups + (g < m % groups ? 1 : 0) : std::min<int64_t>(6, m - i);
+    const T* a = A + i * a_rs;
+    T* c = C + i * ldc;
+    auto product = [&](int64_t p0, int64_t kc, T be, const T* bi) {
+      const T* ap = a + p0 * a_cs;
+      const T* bp = B + p0 * ldb;
+      switch (rows) {
+        case 6: return gemm_rows<6, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+        case 5: return gemm_rows<5, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+        case 4: return gemm_rows<4, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+        case 3: return gemm_rows<3, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+        case 2: return gemm_rows<2, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+        default: return gemm_rows<1, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
+      }
+    };
+    product(0, std::min(k, kSumChunk), beta, bias);
+    for (int64_t p0 = kSumChunk; p0 < k; p0 += kSumChunk) {
+      product(p0, std::min(kSumChunk, k - p0), T(1), nullptr);
+    }
+    i += rows;
   }
 }
 
