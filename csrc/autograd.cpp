@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "handles.h"
 
@@ -54,7 +55,7 @@ using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
     c10::string_view, const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
     const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
     bool, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-    const OptTensor&, bool, bool);
+    const OptTensor&, bool, bool, bool);
 using BackwardOp = c10::TypedOperatorHandle<BackwardSignature>;
 
 BackwardOp find_backward_op(const char* name) {
@@ -74,7 +75,7 @@ const BackwardOp& backward_op(bool consume) {
 // Edges: input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr; outputs: output, hy, cy, cell_states.
 struct RNNLayerBackward : public torch::autograd::Node {
   std::string mode;
-  bool reverse = false, train = false, cell_states = false;
+  bool reverse = false, train = false, cell_states = false, input_batch_first = false;
   SavedVariable input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
   // Saved as a TensorImpl of its own (same storage), which only this node holds: whoever holds
   // the returned workspace, or a view of it, shows in the storage's use count (owns_workspace).
@@ -125,8 +126,9 @@ struct RNNLayerBackward : public torch::autograd::Node {
     const bool lstm = mode == "LSTM";
     // Undefined output gradients (outputs not used) are not materialised by the engine.
     at::Tensor grad_output = grads[0], grad_hy = grads[1], grad_cy = grads[2];
-    if (!grad_output.defined()) {
+    if (!grad_output.defined()) {  // (time-major, whatever the input's layout)
       std::vector<int64_t> shape = x.sizes().vec();
+      if (input_batch_first) std::swap(shape[0], shape[1]);
       shape.back() = hx_t.size(-1);
       grad_output = at::zeros(shape, x.options());
     }
@@ -140,7 +142,7 @@ struct RNNLayerBackward : public torch::autograd::Node {
         w_ih.unpack(self), w_hh.unpack(self), to_optional(b_ih_t), to_optional(b_hh_t),
         to_optional(w_hr_t), reverse, ws, grad_output, grad_hy,
         lstm ? OptTensor(grad_cy) : c10::nullopt, grad_cells, should_compute_output(0),
-        should_compute_output(1));
+        should_compute_output(1), input_batch_first);
     const at::Tensor none;
     return {g_input,
             g_hx,
@@ -157,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
     c10::string_view mode, const at::Tensor& input, const OptTensor& batch_sizes,
     const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
-    bool train, bool cell_states) {
+    bool train, bool cell_states, bool input_batch_first) {
   const at::Tensor cx_t = or_undefined(cx), b_ih_t = or_undefined(b_ih);
   const at::Tensor b_hh_t = or_undefined(b_hh), w_hr_t = or_undefined(w_hr);
   // (false in no_grad mode too)
@@ -167,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     out = forward_op().call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                            reverse, train, cell_states);
+                            reverse, train, cell_states, input_batch_first);
   }
   if (!record) return out;  // nothing to differentiate: no node
   auto node = make_node<RNNLayerBackward>();
@@ -177,6 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
   node->reverse = reverse;
   node->train = train;
   node->cell_states = cell_states;
+  node->input_batch_first = input_batch_first;
   node->input = SavedVariable(input, false);
   node->batch_sizes = SavedVariable(or_undefined(batch_sizes), false);
   node->hx = SavedVariable(hx, false);
@@ -208,7 +211,8 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
                       const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
                       const at::Tensor& workspace, const at::Tensor& grad_output,
                       const at::Tensor& grad_hy, const OptTensor& grad_cy,
-                      const OptTensor& grad_cell_states, bool input_grad, bool hx_grad) {
+                      const OptTensor& grad_cell_states, bool input_grad, bool hx_grad,
+                      bool input_batch_first) {
   auto needs_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
   const bool any = input.requires_grad() || hx.requires_grad() || needs_grad(cx) ||
                    w_ih.requires_grad() || w_hh.requires_grad() || needs_grad(b_ih) ||
@@ -219,7 +223,7 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return backward_op(Consume).call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                    w_hr, reverse, workspace, grad_output, grad_hy, grad_cy,
-                                   grad_cell_states, input_grad, hx_grad);
+                                   grad_cell_states, input_grad, hx_grad, input_batch_first);
 }
 
 }  // namespace

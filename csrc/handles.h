@@ -13,7 +13,7 @@ using OptTensor = c10::optional<at::Tensor>;
 using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     c10::string_view, const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
     const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-    bool, bool, bool);
+    bool, bool, bool, bool);
 
 // fused_rnn::rnn_forward (csrc/ops.cpp).
 inline const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {

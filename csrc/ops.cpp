@@ -9,6 +9,9 @@
 //   reverse      run from the last step to the first (each row from its own last step)
 //   train        save the workspace that rnn_backward needs (otherwise it is empty)
 //   cell_states  LSTM: also return c_t of every step (differentiable)
+//   input_batch_first  input is [B, T, I] (padded only), and so is its gradient from
+//                rnn_backward (contiguous); the output stays time-major. A batch-first model's
+//                first layer: its input needs no transposed view, nor its gradient a copy.
 // returns output [T, B, P] or [N, P], hy like hx, cy like cx (empty unless LSTM), cell_states
 // [T, B, H] or [N, H] (empty unless asked for), workspace.
 //
@@ -46,8 +49,8 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "rnn_forward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-      "bool train, bool cell_states=False) -> (Tensor output, Tensor hy, Tensor cy, "
-      "Tensor cell_states, Tensor workspace)");
+      "bool train, bool cell_states=False, bool input_batch_first=False) -> (Tensor output, "
+      "Tensor hy, Tensor cy, Tensor cell_states, Tensor workspace)");
   m.def(
       "rnn(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, Tensor[] weights, "
       "bool has_bias, int num_layers, float dropout, bool training, bool bidirectional, "
@@ -57,14 +60,14 @@ TORCH_LIBRARY(fused_rnn, m) {
       "rnn_backward(str mode, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
       "Tensor workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy, "
-      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True) -> (Tensor "
-      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
-      "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True, "
+      "bool input_batch_first=False) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
   m.def(
       "rnn_backward_consume(str cell, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor? cx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
       "Tensor(a!) workspace, Tensor grad_output, Tensor grad_hy, Tensor? grad_cy, "
-      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True) -> (Tensor "
-      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
-      "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+      "Tensor? grad_cell_states=None, bool input_grad=True, bool hx_grad=True, "
+      "bool input_batch_first=False) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
 }

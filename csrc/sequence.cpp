@@ -159,6 +159,15 @@ at::Tensor contiguous_copy(const at::Tensor& t) {
   return copy;
 }
 
+at::Tensor time_major(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+                      bool input_batch_first) {
+  if (!input_batch_first) return input;
+  TORCH_CHECK(!batch_sizes && input.dim() == 3,
+              "fused_rnn: input_batch_first is for padded input [batch, T, input_size], got a ",
+              input.dim(), "-D input", batch_sizes ? " with batch_sizes" : "");
+  return input.transpose(0, 1);
+}
+
 std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a) {
   const at::Tensor& x = a.input;
   LayerDims d = layer_dims(a.mode, a.w_ih, a.w_hh, a.w_hr);

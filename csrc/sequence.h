@@ -20,7 +20,8 @@
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
 //   kStepProjection, project_in_loop(schedule, dims, x)            whether to project x inside
 //                                                                  the loop (StepProjection)
-//   grad_weight<scalar_t>(dgates, inputs, out), grad_input<scalar_t>(dgates, w, input),
+//   grad_weight<scalar_t>(dgates, inputs, out),
+//   grad_input<scalar_t>(dgates, w, input, batch_first),
 //   column_sums<scalar_t>(dgates)                                  after the loop
 //   concurrently(product, a, b)                                    a() and b(), independent,
 //                                                                  at once where it pays
@@ -54,6 +55,7 @@
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cells.h"
@@ -229,10 +231,12 @@ at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, i
   return out;
 }
 
-// Contiguous, shaped like `input`.
+// Contiguous, shaped like `input` ([T, B, I] or packed [N, I]), or with `batch_first` like the
+// [B, T, I] tensor that a [T, B, I] `input` is the transposed view of.
 inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& weight,
-                                  const at::Tensor& input) {
-  return at::mm(dgates, weight).view(input.sizes());
+                                  const at::Tensor& input, bool batch_first) {
+  at::Tensor grad = at::mm(dgates, weight).view(input.sizes());
+  return batch_first ? grad.transpose(0, 1).contiguous() : grad;
 }
 
 // Unit parts start at multiples of this many units (two AVX2 lanes of floats).
@@ -497,7 +501,8 @@ struct BackwardBuffers {
 // gate gradients from memory again (IMDB's LSTM: 16 MB, four times); the parts' partial sums
 // are added after it instead.
 // x: the layer's input, its rows as `rows` says; w_ih: W_ih [G, I] as dx = dgates_x W_ih reads
-// it; grad_input: [N, I] time-major rows, or null (not wanted); sums: [parts][sums_size] zeros,
+// it; grad_input: its rows as `gi_rows` says (time-major [N, I], or a batch-first gradient's
+// time-major view), or null (not wanted); sums: [parts][sums_size] zeros,
 // laid out as the backend's run_gradients and finish_gradients agree; chunk: gate-gradient
 // elements per chunk (at least one step's); sum_x / sum_h: the column sums of the input side's /
 // the recurrent side's gate gradients (the bias gradients) are wanted.
@@ -507,6 +512,7 @@ struct StepGradients {
   RowBlocks rows;
   Weight<scalar_t> w_ih;
   scalar_t* grad_input;
+  RowBlocks gi_rows;
   scalar_t* sums;
   int64_t sums_size;
   int64_t chunk;
@@ -646,6 +652,9 @@ struct ForwardArgs {
   bool reverse;
   bool train;
   bool cell_states;  // LSTM: also return c_t of every step
+  // `input` is the time-major view of a [B, T, I] tensor, whose gradient is to come back
+  // [B, T, I] (contiguous, as the op's fake kernel says).
+  bool input_batch_first = false;
 };
 
 // Checks shared by forward and backward; returns the schedule and sizes.
@@ -755,6 +764,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
               "train=False?)");
   const at::Tensor& x = a.input;
   auto opts = x.options();
+  // The input's own shape (batch-first: x is its transposed view), which its gradient takes.
+  std::vector<int64_t> input_shape = x.sizes().vec();
+  if (a.input_batch_first) std::swap(input_shape[0], input_shape[1]);
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(out_shape), "fused_rnn: grad_output must be ",
@@ -798,14 +810,17 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     if (s.N > 0 && Backend::gradients_in_loop(s, d, parts, x)) {
       const int64_t size = Backend::step_gradients_size(d);
       sums = at::zeros({int64_t(parts.size()), size}, opts);
+      RowBlocks gi_rows{1, s.N, 0, d.I};
       if (input_grad) {
         w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I, s.N, s.T);
-        grad_input = Backend::empty(x.sizes(), opts);
+        grad_input = Backend::empty(input_shape, opts);
+        gi_rows = *RowBlocks::of(a.input_batch_first ? grad_input.transpose(0, 1) : grad_input);
       }
       step_grads = StepGradients<scalar_t>{
           x.const_data_ptr<scalar_t>(), *RowBlocks::of(x), w_ih.view(),
-          input_grad ? grad_input.data_ptr<scalar_t>() : nullptr, sums.data_ptr<scalar_t>(), size,
-          Backend::kStepGradientChunk, sum_input_side, gru && a.b_hh.has_value()};
+          input_grad ? grad_input.data_ptr<scalar_t>() : nullptr, gi_rows,
+          sums.data_ptr<scalar_t>(), size, Backend::kStepGradientChunk, sum_input_side,
+          gru && a.b_hh.has_value()};
     }
   }
   if (s.N > 0) {
@@ -849,7 +864,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
         s.N * d.G * std::max(d.I, d.P),
         [&] {
           if (input_grad) {
-            grad_input = Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x);
+            grad_input =
+                Backend::template grad_input<scalar_t>(dgates_x, a.w_ih, x, a.input_batch_first);
           }
           grad_w_ih = weight_gradient<Backend, scalar_t>(dgates_x, x);
         },
@@ -859,7 +875,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
         });
   }
-  if (!input_grad) grad_input = at::zeros(x.sizes(), opts);
+  if (!input_grad) grad_input = at::zeros(input_shape, opts);
   at::Tensor grad_b_ih = a.b_ih ? sum_x : at::empty({0}, opts);
   at::Tensor grad_b_hh = at::empty({0}, opts);
   if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);
@@ -880,6 +896,11 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
 
 Mode parse_mode(c10::string_view mode);
 
+// The op's input as the layer reads it: [T, B, I] (with input_batch_first the transposed view of
+// a padded [B, T, I] one) or packed [N, I].
+at::Tensor time_major(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+                      bool input_batch_first);
+
 // The op entry points, instantiated by each backend with its own dtype dispatch and device guard:
 //   Backend::dispatch(dtype, fn) calls fn(static_cast<scalar_t*>(nullptr));
 //   Backend::DeviceGuard(device) makes the input's device current for the call.
@@ -890,9 +911,10 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                           const c10::optional<at::Tensor>& b_hh,
                           const c10::optional<at::Tensor>& w_hr, bool reverse, bool train,
-                          bool cell_states) {
-  const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, train, cell_states};
+                          bool cell_states, bool input_batch_first) {
+  const at::Tensor x = time_major(input, batch_sizes, input_batch_first);
+  const ForwardArgs a{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                      reverse, train, cell_states, input_batch_first};
   typename Backend::DeviceGuard guard(input.device());
   // The ATen calls inside run in the given dtypes: autocast (if on) already applied, or not,
   // at the op's boundary.
@@ -916,9 +938,11 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             const at::Tensor& workspace, const at::Tensor& grad_output,
                             const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy,
                             const c10::optional<at::Tensor>& grad_cell_states,
-                            bool input_grad = true, bool hx_grad = true) {
-  const ForwardArgs a{parse_mode(mode), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, true, false};
+                            bool input_grad = true, bool hx_grad = true,
+                            bool input_batch_first = false) {
+  const at::Tensor x = time_major(input, batch_sizes, input_batch_first);
+  const ForwardArgs a{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                      reverse, true, false, input_batch_first};
   typename Backend::DeviceGuard guard(input.device());
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   BackwardResult result;

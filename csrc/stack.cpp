@@ -46,7 +46,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_stack(
   // One layer-direction: the op takes the states as given ([1, B, P], or a cell's [B, P]) and
   // returns h_n, c_n in that shape (a select and a stack fewer, and their autograd nodes).
   const bool whole = num_layers * directions == 1;
-  at::Tensor layer_input = batch_first ? input.transpose(0, 1) : input;
+  // A batch-first input goes to the first layer as it is (input_batch_first: no transposed view,
+  // and its gradient comes back in its own layout, where AccumulateGrad or an embedding's
+  // backward would copy a transposed one); every layer's output is time-major.
+  at::Tensor layer_input = input;
   std::vector<at::Tensor> h_n, c_n, outputs, cells;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const bool last = layer == num_layers - 1;
@@ -61,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_stack(
       const OptTensor c0 = lstm ? OptTensor(whole ? *cx : cx->select(0, index)) : c10::nullopt;
       auto [out, hy, cy, c_all, workspace] =
           forward_op().call(mode, layer_input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh,
-                            w_hr, direction == 1, train, cell_states && last);
+                            w_hr, direction == 1, train, cell_states && last,
+                            batch_first && layer == 0);
       outputs.push_back(std::move(out));
       h_n.push_back(std::move(hy));
       if (lstm) c_n.push_back(std::move(cy));

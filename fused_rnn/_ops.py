@@ -55,14 +55,17 @@ def workspace_numel(mode: str, rows, hidden: int, state: int, proj: bool):
 
 @torch.library.register_fake("fused_rnn::rnn_forward")
 def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                      train, cell_states=False):
+                      train, cell_states=False, input_batch_first=False):
     hidden = w_ih.shape[0] // gates_of(mode)
     state = hx.shape[-1]
     rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
-    output = input.new_empty((*input.shape[:-1], state))
+    steps = input.shape[:-1]  # the output's leading dims: time-major, whatever the input's
+    if input_batch_first:
+        steps = (steps[1], steps[0])
+    output = input.new_empty((*steps, state))
     hy = hx.new_empty(hx.shape)
     cy = cx.new_empty(cx.shape) if mode == "LSTM" else input.new_empty((0,))
-    cells = input.new_empty((*input.shape[:-1], hidden) if cell_states else (0,))
+    cells = input.new_empty((*steps, hidden) if cell_states else (0,))
     numel = workspace_numel(mode, rows, hidden, state, w_hr is not None) if train else 0
     return output, hy, cy, cells, input.new_empty((numel,))
 
@@ -70,7 +73,7 @@ def _rnn_forward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, 
 @torch.library.register_fake("fused_rnn::rnn_backward")
 def _rnn_backward_fake(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                        workspace, grad_output, grad_hy, grad_cy, grad_cell_states=None,
-                       input_grad=True, hx_grad=True):
+                       input_grad=True, hx_grad=True, input_batch_first=False):
     def like(t):  # the kernel returns contiguous gradients, whatever the inputs' strides
         return t.new_empty(t.shape) if t is not None else input.new_empty((0,))
 

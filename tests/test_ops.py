@@ -414,3 +414,80 @@ def test_backward_checks_gradient_shapes(which):
     grads[which] = grads[which][..., :-1]
     with pytest.raises(RuntimeError, match=f"{which} must be"):
         torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, *grads.values())
+
+
+# input_batch_first: the small layers' products after the loop, and a layer whose weight and
+# input gradients are summed inside the backward loop (CPU: N * gates > 256K, I <= 32).
+BATCH_FIRST_SIZES = {"small": (T, B, I, H), "in_loop": (64, 64, 16, 32)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", list(BATCH_FIRST_SIZES))
+@pytest.mark.parametrize("mode", MODES)
+def test_input_batch_first(mode, size, device):
+    """input_batch_first=True on a [B, T, I] input: exactly the results of its time-major view,
+    and the input's gradient [B, T, I], contiguous (no transposed copy left for autograd), with
+    and without training's input gradient."""
+    steps, batch, inputs, hidden = BATCH_FIRST_SIZES[size]
+    g = _ops.gates_of(mode) * hidden
+    torch.manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device)
+
+    x = t(batch, steps, inputs)
+    rest = (t(batch, hidden), t(batch, hidden) if mode == "LSTM" else None, t(g, inputs) / 4,
+            t(g, hidden) / 4, t(g), t(g), None, False, True, False)
+    want = torch.ops.fused_rnn.rnn_forward(mode, x.transpose(0, 1), None, *rest)
+    got = torch.ops.fused_rnn.rnn_forward(mode, x, None, *rest, input_batch_first=True)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    output, hy, cy = want[:3]
+    grads = (torch.randn_like(output), torch.randn_like(hy),
+             torch.randn_like(cy) if mode == "LSTM" else None, None)
+    for input_grad in (True, False):
+        want_g = torch.ops.fused_rnn.rnn_backward(mode, x.transpose(0, 1), None, *rest[:7],
+                                                  False, want[4], *grads, input_grad=input_grad)
+        got_g = torch.ops.fused_rnn.rnn_backward(mode, x, None, *rest[:7], False, got[4], *grads,
+                                                 input_grad=input_grad, input_batch_first=True)
+        assert got_g[0].shape == x.shape and got_g[0].is_contiguous()
+        torch.testing.assert_close(got_g[0], want_g[0].transpose(0, 1), rtol=0, atol=0)
+        for a, b in zip(want_g[1:], got_g[1:], strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_input_batch_first_opcheck_and_gradcheck(mode, device):
+    """The flag through the fake kernels (the time-major output's shape, the batch-first input
+    gradient's), autograd and gradcheck in fp64."""
+    args = list(layer_args(mode, device=device))
+    args[1] = args[1].detach().transpose(0, 1).contiguous().requires_grad_()  # [B, T, I]
+    kwargs = dict(input_batch_first=True)
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, tuple(args), kwargs)
+    plain = [a.detach() if torch.is_tensor(a) else a for a in args]
+    output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*plain, **kwargs)
+    assert output.shape == (T, B, H)
+    bw_args = (*plain[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
+               torch.randn_like(cy) if mode == "LSTM" else None, None)
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args, kwargs)
+    positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+
+    def fn(*ts):
+        full = list(args)
+        for pos, t in zip(positions, ts):
+            full[pos] = t
+        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*full, **kwargs)
+        return (output, hy, cy) if mode == "LSTM" else (output, hy)
+
+    assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-5,
+                                    rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_input_batch_first_needs_padded_3d_input(packed):
+    args = list(layer_args("GRU", packed=packed, requires_grad=False))
+    if not packed:
+        args[1] = args[1][0]  # 2-D
+    with pytest.raises(RuntimeError, match="input_batch_first is for padded input"):
+        torch.ops.fused_rnn.rnn_forward(*args, input_batch_first=True)

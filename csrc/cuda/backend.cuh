@@ -174,8 +174,8 @@ struct CUDABackend {
   }
   template <class scalar_t>
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
-                               const at::Tensor& input) {
-    return aten_grad_input(dgates, weight, input);
+                               const at::Tensor& input, bool batch_first) {
+    return aten_grad_input(dgates, weight, input, batch_first);
   }
 
   // The whole layer in one part: parallelism comes from the kernels.
