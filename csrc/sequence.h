@@ -231,8 +231,19 @@ at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, i
   return out;
 }
 
-// Contiguous, shaped like `input` ([T, B, I] or packed [N, I]), or with `batch_first` like the
-// [B, T, I] tensor that a [T, B, I] `input` is the transposed view of.
+// The shape of the input's gradient: `input`'s ([T, B, I] or packed [N, I]), or with
+// `batch_first` that of the [B, T, I] tensor a [T, B, I] `input` is the transposed view of.
+inline std::vector<int64_t> input_grad_shape(const at::Tensor& input, bool batch_first) {
+  std::vector<int64_t> shape = input.sizes().vec();
+  if (batch_first) std::swap(shape[0], shape[1]);
+  return shape;
+}
+// Where the time-major rows of a contiguous input gradient (input_grad_shape) lie.
+inline RowBlocks input_grad_rows(const at::Tensor& grad, bool batch_first) {
+  return *RowBlocks::of(batch_first ? grad.transpose(0, 1) : grad);
+}
+
+// Contiguous, shaped as input_grad_shape says.
 inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                   const at::Tensor& input, bool batch_first) {
   at::Tensor grad = at::mm(dgates, weight).view(input.sizes());
@@ -764,9 +775,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
               "train=False?)");
   const at::Tensor& x = a.input;
   auto opts = x.options();
-  // The input's own shape (batch-first: x is its transposed view), which its gradient takes.
-  std::vector<int64_t> input_shape = x.sizes().vec();
-  if (a.input_batch_first) std::swap(input_shape[0], input_shape[1]);
+  const std::vector<int64_t> input_shape = input_grad_shape(x, a.input_batch_first);
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(out_shape), "fused_rnn: grad_output must be ",
@@ -814,7 +823,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
       if (input_grad) {
         w_ih = hold_weight<Backend, scalar_t>(a.w_ih, d.I, s.N, s.T);
         grad_input = Backend::empty(input_shape, opts);
-        gi_rows = *RowBlocks::of(a.input_batch_first ? grad_input.transpose(0, 1) : grad_input);
+        gi_rows = input_grad_rows(grad_input, a.input_batch_first);
       }
       step_grads = StepGradients<scalar_t>{
           x.const_data_ptr<scalar_t>(), *RowBlocks::of(x), w_ih.view(),

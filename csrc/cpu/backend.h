@@ -1129,18 +1129,12 @@ struct CPUBackend {
     const int64_t N = dgates.size(0), K = weight.size(1), ld = dgates.stride(0);
     if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input, batch_first);
     const auto w = hold_weight<CPUBackend, scalar_t>(weight, K, N, 1);
-    std::vector<int64_t> shape = input.sizes().vec();
-    if (batch_first) std::swap(shape[0], shape[1]);
-    at::Tensor grad = empty(shape, input.options());
-    // Batch-first: dgates' rows read in their (time-major) order, a step at a time, each step's
+    at::Tensor grad = empty(input_grad_shape(input, batch_first), input.options());
+    // dgates' rows read in their (time-major) order; batch-first, a step at a time, each step's
     // written where the gradient has them (reading them batch by batch instead, 2 KB apart on
     // the toxic model's backward, cost it 15%).
-    RowBlocks rows{1, N, 0, ld}, out_rows{1, N, 0, K};
-    if (batch_first) {
-      const int64_t T = input.size(0), B = input.size(1);
-      rows = RowBlocks{T, B, B * ld, ld};
-      out_rows = RowBlocks{T, B, K, T * K};
-    }
+    const RowBlocks out_rows = input_grad_rows(grad, batch_first);
+    const RowBlocks rows{out_rows.blocks, out_rows.rows, out_rows.rows * ld, ld};
     rows_product<scalar_t>(dgates.const_data_ptr<scalar_t>(), rows, N, w.view(), nullptr,
                            grad.data_ptr<scalar_t>(), out_rows);
     return grad;
