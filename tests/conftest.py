@@ -87,6 +87,42 @@ def assert_same_run(ref, fused, call, leaves=(), dtype=torch.float64):
             torch.testing.assert_close(b, a, **tol, msg=lambda m: f"grad of {name}: {m}")
 
 
+def relative_error(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+def assert_low_precision_close(mode, dtype, device, packed=False, **kwargs):
+    """fp16/bf16 storage (fp32 math inside) against fp32 on the same rounded weights and inputs
+    (DESIGN.md: 1e-2), a 2-layer bidirectional model: outputs and states elementwise, gradients
+    by relative norm (a ReLU whose pre-activation sits near 0 may switch between the two runs and
+    move single elements by O(1)); every result in the storage dtype, as torch.nn's."""
+    kwargs = dict(num_layers=2, bidirectional=True, device=device, **kwargs)
+    _, fused32 = make_pair(mode, 5, 6, dtype=torch.float32, **kwargs)
+    _, fused16 = make_pair(mode, 5, 6, dtype=dtype, **kwargs)
+    with torch.no_grad():
+        for p in fused32.parameters():
+            p.copy_(p.to(dtype).float())
+    fused16.load_state_dict(fused32.state_dict())
+    x = torch.randn(7, 4, 5, device=device)
+    x16 = x.to(dtype).requires_grad_()
+    x32 = x16.detach().float().requires_grad_()
+
+    def call(m, inp):
+        return m(pack_padded_sequence(inp, [3, 7, 1, 5], enforce_sorted=False) if packed else inp)
+
+    outs32, outs16 = flatten(call(fused32, x32)), flatten(call(fused16, x16))
+    for a, b in zip(outs32, outs16, strict=True):
+        assert b.dtype == dtype
+        torch.testing.assert_close(b.float(), a, atol=1e-2, rtol=1e-2)
+    sum(o.sum() for o in outs32).backward()
+    sum(o.float().sum() for o in outs16).backward()
+    assert x16.grad.dtype == dtype
+    assert relative_error(x16.grad, x32.grad) < 2e-2
+    for (name, p32), p16 in zip(fused32.named_parameters(), fused16.parameters(), strict=True):
+        assert p16.grad.dtype == dtype, name
+        assert relative_error(p16.grad, p32.grad) < 2e-2, name
+
+
 def packed_input(T, B, I, lengths, enforce_sorted, dtype, device="cpu"):
     x = torch.randn(T, B, I, dtype=dtype, device=device, requires_grad=True)
     return x, pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)

@@ -73,6 +73,7 @@ FORWARD_CASES = [
     ("input_size", {}, lambda m: (torch.randn(5, 2, 7), None)),
     ("input_size_unbatched", {}, lambda m: (torch.randn(5, 7), None)),
     ("input_dtype", {}, lambda m: (torch.randn(5, 2, 3, dtype=torch.float64), None)),
+    ("input_dtype_bf16", {}, lambda m: (torch.randn(5, 2, 3, dtype=torch.bfloat16), None)),
     ("zero_length", {}, lambda m: (torch.randn(0, 2, 3), None)),
     ("zero_length_batch_first", {"batch_first": True}, lambda m: (torch.randn(2, 0, 3), None)),
     ("hx_batch", {}, lambda m: (torch.randn(5, 2, 3), _hx(m, (1, 3, 4)))),
@@ -114,17 +115,22 @@ def test_forward_errors(mode, name, kwargs, make):
                       same_message=not unchecked_by_torch)
 
 
+@pytest.mark.parametrize("dtypes,names", [
+    ((torch.float32, torch.float64), ("Float", "Double")),
+    ((torch.bfloat16, torch.float32), ("BFloat16", "Float")),  # checked before fp32 copies
+    ((torch.float16, torch.bfloat16), ("Half", "BFloat16")),
+], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_hx_dtype_mismatch(mode):
+def test_hx_dtype_mismatch(mode, dtypes, names):
     """torch.nn's message here comes from whichever backend runs (oneDNN, a matmul); the type
     is RuntimeError in each, and ours names the problem."""
     cls, extra = MODES[mode]
-    ref = getattr(torch.nn, cls)(3, 4, **extra)
-    fused = getattr(fused_rnn, cls)(3, 4, **extra)
-    x = torch.randn(5, 2, 3)
-    hx = _hx(mode, (1, 2, 4), dtype=torch.float64)
+    ref = getattr(torch.nn, cls)(3, 4, **extra, dtype=dtypes[0])
+    fused = getattr(fused_rnn, cls)(3, 4, **extra, dtype=dtypes[0])
+    x = torch.randn(5, 2, 3, dtype=dtypes[0])
+    hx = _hx(mode, (1, 2, 4), dtype=dtypes[1])
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx), same_message=False)
-    with pytest.raises(RuntimeError, match="hx has dtype Double but input has Float"):
+    with pytest.raises(RuntimeError, match=f"hx has dtype {names[1]} but input has {names[0]}"):
         fused(x, hx)
 
 

@@ -63,9 +63,9 @@ def test_opcheck_forward(case, device):
     torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, args)
 
 
-def backward_inputs(case, device):
+def backward_inputs(case, device, dtype=torch.float64):
     """A forward op call's arguments, its workspace and random output gradients."""
-    args = layer_args(**case, requires_grad=False, device=device)
+    args = layer_args(**case, requires_grad=False, device=device, dtype=dtype)
     output, hy, cy, cells, workspace = torch.ops.fused_rnn.rnn_forward(*args)
     grads = (torch.randn_like(output), torch.randn_like(hy),
              torch.randn_like(cy) if args[0] == "LSTM" else None,
@@ -82,6 +82,20 @@ def test_opcheck_backward(case, op, device):
     args, workspace, grads = backward_inputs(case, device)
     torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default,
                           (*args[:11], workspace, *grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [c for c in CASES if c["bias"] is True and not c["reverse"]],
+                         ids=case_id)
+def test_opcheck_low_precision_cpu(case, dtype):
+    """fp16/bf16 on the CPU (fp32 kernels on fp32 copies): the results, workspace included, in
+    the input's dtype, as the fake kernels say."""
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_forward.default, layer_args(**case, dtype=dtype))
+    args, workspace, grads = backward_inputs(case, "cpu", dtype)
+    assert workspace.dtype == dtype
+    for op in ("rnn_backward", "rnn_backward_consume"):
+        torch.library.opcheck(getattr(torch.ops.fused_rnn, op).default,
+                              (*args[:11], workspace.clone(), *grads))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import DEVICES, MODES, TOL, assert_same_run, flatten, make_pair, run_and_grad
+from conftest import (DEVICES, MODES, TOL, assert_low_precision_close, assert_same_run, flatten,
+                      make_pair, run_and_grad)
 
 I, H, P, T, B = 5, 6, 3, 7, 4
 
@@ -136,6 +137,41 @@ def test_eval_and_no_grad(mode):
             torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-7)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_low_precision_cpu(mode, proj, dtype, packed):
+    """fp16/bf16 modules on the CPU, as torch.nn runs them there: fp32 math on rounded storage
+    (the CUDA kernels' contract, tests/test_cuda.py), within 1e-2 of an fp32 run."""
+    assert_low_precision_close(mode, dtype, "cpu", packed=packed,
+                               **({"proj_size": proj} if proj else {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_cpu_training_and_inference(dtype):
+    """A bf16/fp16 model trains and infers like its torch.nn twin: the same loss trajectory
+    (each within 1e-2 of the fp32 model's), inference without a workspace, eval dropout off."""
+    ref, fused = make_pair("LSTM", I, H, num_layers=2, dropout=0.0, dtype=dtype)
+    x = torch.randn(T, B, I, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0].float(), ref(x)[0].float(), atol=2e-2, rtol=2e-2)
+    with torch.inference_mode():
+        assert fused(x)[0].dtype == dtype
+    losses = []
+    for model in (ref, fused):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        trace = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = model(x)[0].float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            trace.append(loss.item())
+        losses.append(trace)
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-2,
+                               rtol=2e-2)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
