@@ -15,6 +15,9 @@ def main(argv=None):
                             "decoder, large, sweep, sweep_batch, sweep_hidden, sweep_T); see "
                             "fused_rnn.bench.SHAPES")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--dtype", default="float32",
+                       choices=["float32", "float64", "bfloat16", "float16"],
+                       help="what both modules run in (the parity check is fp64 regardless)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     bench.add_argument("--json", default=None, help="write the results as JSON here")
@@ -67,7 +70,8 @@ def main(argv=None):
     report = {}
     if args.shapes != "none":
         report = engine.run(engine.select(args.shapes), args.device, repeats=args.repeats,
-                            progress=not args.no_progress, check=not args.no_check)
+                            progress=not args.no_progress, check=not args.no_check,
+                            dtype=args.dtype)
         print(engine.format_table(report))
     if args.models:
         from .models import MODELS

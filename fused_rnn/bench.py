@@ -213,10 +213,10 @@ def contenders(ref, fused, device):
     return impls
 
 
-def time_pair(shape: Shape, device, repeats=5, warmup=2, min_time=0.05):
+def time_pair(shape: Shape, device, repeats=5, warmup=2, min_time=0.05, dtype=torch.float32):
     """Interleaved timings (seconds per call) of torch.nn and fused (and on a GPU torch.nn
-    without cuDNN): {impl: {pass: [times]}}."""
-    ref, fused, make_input = build(shape, device)
+    without cuDNN), both in `dtype`: {impl: {pass: [times]}}."""
+    ref, fused, make_input = build(shape, device, dtype)
     impls = contenders(ref, fused, device)
     times = {impl: {"fwd": [], "fwd_bwd": []} for impl in impls}
     for pass_name, backward in (("fwd", False), ("fwd_bwd", True)):
@@ -256,10 +256,16 @@ def gemm_peak(device, dtype=torch.float32, n=1024, repeats=5) -> float:
     return 2.0 * n ** 3 / best / 1e9
 
 
-def run(shapes, device="cpu", repeats=5, progress=True, check=True):
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float32"):
     """Runs the benchmark; returns a JSON-able dict. The GEMM peak is the best of measurements
     before and after every shape: one taken while the machine was busy elsewhere made fractions
-    of it above 100% (a shared 2-core host swung 91-176 GFLOP/s within minutes)."""
+    of it above 100% (a shared 2-core host swung 91-176 GFLOP/s within minutes). `dtype` (a key
+    of DTYPES) is what both modules run in; the parity check is fp64 whatever it is, and the
+    peak fp32's (fused_rnn's fp16/bf16 math is fp32)."""
     peak = gemm_peak(device)
     rows, timed = [], []
     bar = Progress(len(shapes), progress)
@@ -267,7 +273,7 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True):
         row = {"shape": dataclasses.asdict(shape), "name": shape.name, "tokens": shape.tokens()}
         if check:
             row["parity_max_rel_diff"] = parity(shape, device)
-        timed.append(time_pair(shape, device, repeats=repeats))
+        timed.append(time_pair(shape, device, repeats=repeats, dtype=DTYPES[dtype]))
         peak = max(peak, gemm_peak(device))
         rows.append(row)
         bar.step(shape.name)
@@ -289,6 +295,7 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True):
             row[pass_name] = entry
     return {
         "device": device,
+        "dtype": dtype,
         "machine": machine_description(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -318,7 +325,8 @@ def format_table(report) -> str:
     columns give the speedups over torch.nn with cuDNN disabled ("native")."""
     native = any("speedup_native" in row["fwd"] for row in report["results"])
     lines = [
-        f"fused_rnn vs torch.nn on {report['device']} ({report['machine']}), torch "
+        f"fused_rnn vs torch.nn on {report['device']} ({report['machine']}), "
+        f"{report.get('dtype', 'float32')}, torch "
         f"{report['torch']}, {report['date']}; GEMM peak {report['gemm_peak_gflops']:.1f} GFLOP/s",
         "",
         "| shape | T,B,I,H | parity | fwd torch ms | fwd fused ms | fwd speedup | "

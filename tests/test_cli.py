@@ -27,6 +27,19 @@ def test_bench_table_json_plot(tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_dtype(tmp_path):
+    """--dtype bfloat16: both modules in bf16 (torch.nn runs them on the CPU too)."""
+    out = run("bench", "--shapes", "char_rnn", "--repeats", "1", "--dtype", "bfloat16",
+              "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "bfloat16" in out.stdout.splitlines()[0]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dtype"] == "bfloat16"
+    assert report["results"][0]["parity_max_rel_diff"] < 1e-10  # still fp64
+    assert report["results"][0]["fwd"]["fused"]["best_ms"] > 0
+    assert run("bench", "--dtype", "int8").returncode != 0
+
+
 def test_bench_errors_and_list():
     bad = run("bench", "--shapes", "nope")
     assert bad.returncode != 0 and "unknown shape or set: nope" in bad.stderr
