@@ -5,6 +5,7 @@
 // 2.8 ms training step of the toxic-comment LSTM went to Python wrappers). torch.compile still
 // traces it: the forward and backward are dispatcher calls with fake kernels (fused_rnn/_ops.py).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
@@ -28,14 +29,15 @@ using torch::autograd::variable_list;
 using NodePtr = decltype(std::declval<torch::autograd::Node&>().getptr());
 constexpr bool kSharedNodes = std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>;
 
-template <class T>
-auto make_node() {
+template <class T, class... Args>
+auto make_node(Args&&... args) {
   if constexpr (kSharedNodes) {
     // torch::autograd::deleteNode as generated code uses it (it frees long chains without deep
     // recursion), found by argument-dependent lookup: torch 2.14 has no such function.
-    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+    return std::shared_ptr<T>(new T(std::forward<Args>(args)...),
+                              [](T* node) { deleteNode(node); });
   } else {
-    return c10::make_intrusive<T>();
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
   }
 }
 
@@ -95,14 +97,16 @@ struct RNNLayerBackward : public torch::autograd::Node {
   // [N, gates] buffer (rnn_backward_consume), which keeps its peak memory at the forward's.
   // Only when nothing can see the workspace afterwards:
   //  * not under tracing (torch.compile's backward graph: functional/fake tensors), where a
-  //    mutation would be functionalised into a copy;
+  //    mutation would be functionalised into a copy, nor under torch.func's transforms (their
+  //    wrappers have no storage to count);
   //  * the graph is not retained, so autograd frees the saved tensors once this node has run;
   //  * its storage has one TensorImpl: the one saved (or, with saved-tensor hooks, what they
   //    packed and unpacked). The caller of rnn_forward got the workspace as an output (fused_rnn's
   //    modules drop it at once); holding it, a view of it or its storage adds a reference.
   static bool owns_workspace(const at::Tensor& workspace) {
     if (workspace.key_set().has_any(c10::DispatchKeySet(
-            {c10::DispatchKey::Functionalize, c10::DispatchKey::Python}))) {
+            {c10::DispatchKey::Functionalize, c10::DispatchKey::Python,
+             c10::DispatchKey::FuncTorchGradWrapper, c10::DispatchKey::FuncTorchBatched}))) {
       return false;
     }
     if (torch::autograd::get_current_graph_task_keep_graph()) return false;
@@ -113,10 +117,6 @@ struct RNNLayerBackward : public torch::autograd::Node {
     TORCH_CHECK(train,
                 "fused_rnn: rnn_forward was called with train=False, so it saved nothing to "
                 "differentiate; call it with train=True when gradients are needed");
-    TORCH_CHECK(!c10::GradMode::is_enabled(),
-                "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient "
-                "penalty with create_graph=True) is not supported; torch.nn's RNNs support it on "
-                "the CPU");
     std::lock_guard<std::mutex> lock(mutex_);
     const NodePtr self = getptr();
     const at::Tensor x = input.unpack(self), hx_t = hx.unpack(self), cx_t = cx.unpack(self);
@@ -200,8 +200,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
   return out;
 }
 
-// The backward ops are not differentiable: with grad mode on and an input that requires grad
-// they refuse, instead of returning gradients silently detached from the graph.
+// The backward ops are not differentiable. With grad mode on (create_graph=True, which
+// torch.func.grad always asks for) and an input that requires grad, their gradients come back
+// with an Error node as their history (what torch's generated code gives a formula it does not
+// implement): using them works, differentiating them raises, and none is silently detached.
+constexpr const char* kNoDoubleBackward =
+    "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient penalty "
+    "through an RNN's gradients) is not supported; torch.nn's RNNs support it on the CPU";
+
 template <bool Consume>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
@@ -218,12 +224,26 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
                    w_ih.requires_grad() || w_hh.requires_grad() || needs_grad(b_ih) ||
                    needs_grad(b_hh) || needs_grad(w_hr) || grad_output.requires_grad() ||
                    grad_hy.requires_grad() || needs_grad(grad_cy) || needs_grad(grad_cell_states);
-  TORCH_CHECK(!(any && c10::GradMode::is_enabled()),
-              "fused_rnn: differentiating the backward pass (double backward) is not supported");
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return backward_op(Consume).call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                   w_hr, reverse, workspace, grad_output, grad_hy, grad_cy,
-                                   grad_cell_states, input_grad, hx_grad, input_batch_first);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+             at::Tensor>
+      grads;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    grads = backward_op(Consume).call(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                      w_hr, reverse, workspace, grad_output, grad_hy, grad_cy,
+                                      grad_cell_states, input_grad, hx_grad, input_batch_first);
+  }
+  if (!any || !c10::GradMode::is_enabled()) return grads;
+  auto node = make_node<torch::autograd::Error>(
+      kNoDoubleBackward,
+      torch::autograd::collect_next_edges(input, hx, or_undefined(cx), w_ih, w_hh,
+                                          or_undefined(b_ih), or_undefined(b_hh),
+                                          or_undefined(w_hr), grad_output, grad_hy,
+                                          or_undefined(grad_cy), or_undefined(grad_cell_states)));
+  std::apply([&](auto&... g) { ((g.defined() ? torch::autograd::set_history(g, node) : void()), ...); },
+             grads);
+  node_created(node);
+  return grads;
 }
 
 }  // namespace

@@ -261,13 +261,59 @@ def test_opcheck_noncontiguous(mode):
     torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args)
 
 
-def test_double_backward_raises():
-    """create_graph=True through an RNN refuses loudly rather than returning gradients that are
-    silently detached from the graph."""
-    args = layer_args("LSTM")
+@pytest.mark.parametrize("mode", MODES)
+def test_create_graph_gives_gradients_and_double_backward_raises(mode):
+    """create_graph=True through an RNN (torch.func.grad always asks for it) gives the same
+    gradients, on a history that raises if they are differentiated: never silently detached."""
+    args = layer_args(mode)
+    leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
     output, *_ = _ops.rnn_layer(*args[:10], train=True)
+    plain = torch.autograd.grad(output.square().sum(), leaves, retain_graph=True)
+    graphed = torch.autograd.grad(output.square().sum(), leaves, create_graph=True)
+    for a, b in zip(plain, graphed, strict=True):
+        assert b.requires_grad
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for g in graphed:  # each one's history refuses
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(g.square().sum(), leaves, allow_unused=True)
+    # the op itself, called with grad mode on and inputs that need gradients, alike
+    output, hy, cy, _, workspace = torch.ops.fused_rnn.rnn_forward(*args)
+    grads = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, torch.ones_like(output),
+                                             torch.zeros_like(hy),
+                                             torch.zeros_like(cy) if mode == "LSTM" else None)
     with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(output.square().sum(), args[1], create_graph=True)
+        grads[3].sum().backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_func_grad_and_per_sample_gradients(mode):
+    """torch.func.grad (create_graph inside) equals torch.nn's; vmap over it (per-sample
+    gradients, on torch's loop fallback: fused_rnn has no batching rule) equals a loop over the
+    samples, where torch.nn's RNNs have no fallback at all."""
+    import warnings
+
+    ref = fused_rnn.LSTM if mode == "LSTM" else fused_rnn.GRU if mode == "GRU" else fused_rnn.RNN
+    kw = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {}
+    torch.manual_seed(0)
+    fused = ref(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
+    nn = getattr(torch.nn, ref.__name__)(3, 4, num_layers=2, bidirectional=True,
+                                          dtype=torch.float64, **kw)
+    nn.load_state_dict(fused.state_dict())
+    params = {k: v.detach() for k, v in fused.named_parameters()}
+    xs = torch.randn(3, T, 1, 3, dtype=torch.float64)
+
+    def loss(model):
+        return lambda p, x: torch.func.functional_call(model, p, (x,))[0].pow(2).sum()
+
+    want = torch.func.grad(loss(nn), argnums=(0, 1))(params, xs[0])
+    got = torch.func.grad(loss(fused), argnums=(0, 1))(params, xs[0])
+    torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-7)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        per_sample = torch.func.vmap(torch.func.grad(loss(fused)), in_dims=(None, 0))(params, xs)
+    for name in params:
+        loop = torch.stack([torch.func.grad(loss(fused))(params, x)[name] for x in xs])
+        torch.testing.assert_close(per_sample[name], loop, atol=1e-12, rtol=1e-10)
 
 
 # The layer stack (fused_rnn::rnn, csrc/stack.cpp): layers, directions, batch_first, packed.
