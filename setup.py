@@ -90,8 +90,8 @@ def cpu_simd_flags():
 
 def extension():
     use_cuda, why_not = want_cuda()
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/sequence.cpp", "csrc/stack.cpp",
-               "csrc/cpu/rnn_cpu.cpp", "csrc/cpu/buffer_pool.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/reference.cpp", "csrc/sequence.cpp",
+               "csrc/stack.cpp", "csrc/cpu/rnn_cpu.cpp", "csrc/cpu/buffer_pool.cpp"]
     simd_flags, avx2 = cpu_simd_flags()
     # at::parallel_for is header code: without -fopenmp its "omp parallel" compiles to nothing and
     # every range runs on one thread. The soname libgomp.so.1 resolves to the runtime torch loaded.

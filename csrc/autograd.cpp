@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,6 +18,7 @@
 #include <utility>
 
 #include "handles.h"
+#include "reference.h"
 
 namespace fused_rnn {
 namespace {
@@ -200,13 +202,114 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
   return out;
 }
 
-// The backward ops are not differentiable. With grad mode on (create_graph=True, which
-// torch.func.grad always asks for) and an input that requires grad, their gradients come back
-// with an Error node as their history (what torch's generated code gives a formula it does not
-// implement): using them works, differentiating them raises, and none is silently detached.
-constexpr const char* kNoDoubleBackward =
-    "fused_rnn: differentiating the backward pass (double backward, e.g. a gradient penalty "
-    "through an RNN's gradients) is not supported; torch.nn's RNNs support it on the CPU";
+// Double backward: the backward ops' own derivative. With grad mode on (create_graph=True, which
+// torch.func.grad always asks for) and an input that needs gradients, the gradients that the
+// fused kernel returned get this node as their history, and only if they are differentiated
+// (a gradient penalty; MAML's second order) does it run: it differentiates the layer again in
+// differentiable ATen ops (reference_layer, torch.nn's CPU speed): with v the gradients of the
+// first-order gradients g(θ, ḡ) (θ the layer's inputs and weights, ḡ the gradients of its
+// outputs), it returns d<g, v>/dθ and d<g, v>/dḡ.
+// Edges and saved tensors: input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, grad_output, grad_hy,
+// grad_cy, grad_cell_states; inputs: the 8 first-order gradients.
+constexpr int kFirstOrder = 8;
+constexpr int kSecondOrderEdges = 12;
+struct RNNLayerDoubleBackward : public torch::autograd::Node {
+  std::string mode;
+  bool reverse = false, input_batch_first = false, input_grad = true, hx_grad = true;
+  SavedVariable batch_sizes;
+  std::array<SavedVariable, kSecondOrderEdges> saved;
+
+  std::string name() const override { return "RNNLayerDoubleBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    batch_sizes.reset_data();
+    for (SavedVariable& v : saved) v.reset_data();
+  }
+
+  variable_list apply(variable_list&& vs) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const NodePtr self = getptr();
+    // The first-order gradients that are differentiated (v given; with input_grad / hx_grad
+    // False the kernel returned zeros, not functions of anything), and the derivatives wanted.
+    std::array<bool, kSecondOrderEdges> first{}, wanted{};
+    bool any_first = false, any_wanted = false;
+    for (int k = 0; k < kSecondOrderEdges; ++k) {
+      first[k] = k < kFirstOrder && vs[k].defined() && (k != 0 || input_grad) &&
+                 (k != 1 || hx_grad);
+      wanted[k] = task_should_compute_output(k);
+      any_first |= first[k];
+      any_wanted |= wanted[k];
+    }
+    variable_list result(kSecondOrderEdges);
+    if (!any_first || !any_wanted) return result;
+    // Fresh leaves of the saved tensors (the derivatives are this node's; the engine passes them
+    // on along its edges), requiring gradients only where one is asked for.
+    std::array<at::Tensor, kSecondOrderEdges> leaves;
+    for (int k = 0; k < kSecondOrderEdges; ++k) {
+      const at::Tensor t = saved[k].unpack(self);
+      if (t.defined()) leaves[k] = t.detach().requires_grad_(first[k] || wanted[k]);
+    }
+    const auto& [x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, g_out, g_hy, g_cy, g_cells] = leaves;
+    {
+      at::AutoGradMode grad_mode(true);
+      const ReferenceResult r = reference_layer(
+          mode, x, to_optional(batch_sizes.unpack(self)), hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+          reverse, input_batch_first, g_cells.defined());
+      variable_list outs{r.output, r.hy}, out_grads{g_out, g_hy};
+      if (r.cy.defined() && g_cy.defined()) {
+        outs.push_back(r.cy);
+        out_grads.push_back(g_cy);
+      }
+      if (r.cell_states.defined()) {
+        outs.push_back(r.cell_states);
+        out_grads.push_back(g_cells);
+      }
+      variable_list params, weights, targets;
+      for (int k = 0; k < kFirstOrder; ++k) {
+        if (first[k] && leaves[k].defined()) {
+          params.push_back(leaves[k]);
+          weights.push_back(vs[k]);
+        }
+      }
+      if (params.empty()) return result;
+      // <g, v> over those first-order gradients, differentiated
+      const variable_list grads = torch::autograd::grad(outs, params, out_grads,
+                                                        /*retain_graph=*/true,
+                                                        /*create_graph=*/true,
+                                                        /*allow_unused=*/true);
+      variable_list used, used_weights;
+      for (size_t p = 0; p < grads.size(); ++p) {
+        if (grads[p].defined() && grads[p].requires_grad()) {
+          used.push_back(grads[p]);
+          used_weights.push_back(weights[p]);
+        }
+      }
+      for (int k = 0; k < kSecondOrderEdges; ++k) {
+        if (wanted[k] && leaves[k].defined()) targets.push_back(leaves[k]);
+      }
+      if (used.empty() || targets.empty()) return result;
+      const variable_list second = torch::autograd::grad(used, targets, used_weights,
+                                                         /*retain_graph=*/false,
+                                                         /*create_graph=*/false,
+                                                         /*allow_unused=*/true);
+      for (int k = 0, p = 0; k < kSecondOrderEdges; ++k) {
+        if (wanted[k] && leaves[k].defined()) result[k] = second[p++];
+      }
+    }
+    // Third order would need this computation's own graph, on the fresh leaves above: refused
+    // rather than silently detached.
+    if (c10::GradMode::is_enabled()) {
+      auto error = make_node<torch::autograd::Error>(
+          "fused_rnn: third-order derivatives through an RNN are not supported",
+          torch::autograd::collect_next_edges(vs));
+      for (at::Tensor& t : result) {
+        if (t.defined()) torch::autograd::set_history(t, error);
+      }
+    }
+    return result;
+  }
+};
 
 template <bool Consume>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -234,12 +337,20 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
                                       grad_cell_states, input_grad, hx_grad, input_batch_first);
   }
   if (!any || !c10::GradMode::is_enabled()) return grads;
-  auto node = make_node<torch::autograd::Error>(
-      kNoDoubleBackward,
-      torch::autograd::collect_next_edges(input, hx, or_undefined(cx), w_ih, w_hh,
-                                          or_undefined(b_ih), or_undefined(b_hh),
-                                          or_undefined(w_hr), grad_output, grad_hy,
-                                          or_undefined(grad_cy), or_undefined(grad_cell_states)));
+  auto node = make_node<RNNLayerDoubleBackward>();
+  const std::array<at::Tensor, kSecondOrderEdges> inputs{
+      input,    hx,          or_undefined(cx),     w_ih,   w_hh, or_undefined(b_ih),
+      or_undefined(b_hh), or_undefined(w_hr), grad_output, grad_hy, or_undefined(grad_cy),
+      or_undefined(grad_cell_states)};
+  node->set_next_edges(torch::autograd::collect_next_edges(
+      at::ArrayRef<at::Tensor>(inputs.data(), inputs.size())));
+  node->mode = std::string(mode);
+  node->reverse = reverse;
+  node->input_batch_first = input_batch_first;
+  node->input_grad = input_grad;
+  node->hx_grad = hx_grad;
+  node->batch_sizes = SavedVariable(or_undefined(batch_sizes), false);
+  for (int k = 0; k < kSecondOrderEdges; ++k) node->saved[k] = SavedVariable(inputs[k], false);
   std::apply([&](auto&... g) { ((g.defined() ? torch::autograd::set_history(g, node) : void()), ...); },
              grads);
   node_created(node);

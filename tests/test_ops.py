@@ -262,9 +262,9 @@ def test_opcheck_noncontiguous(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_create_graph_gives_gradients_and_double_backward_raises(mode):
-    """create_graph=True through an RNN (torch.func.grad always asks for it) gives the same
-    gradients, on a history that raises if they are differentiated: never silently detached."""
+def test_create_graph_gives_the_same_gradients(mode):
+    """create_graph=True through an RNN (torch.func.grad always asks for it) gives the fused
+    kernel's gradients, bitwise, now differentiable (RNNLayerDoubleBackward)."""
     args = layer_args(mode)
     leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
     output, *_ = _ops.rnn_layer(*args[:10], train=True)
@@ -273,16 +273,37 @@ def test_create_graph_gives_gradients_and_double_backward_raises(mode):
     for a, b in zip(plain, graphed, strict=True):
         assert b.requires_grad
         torch.testing.assert_close(b, a, rtol=0, atol=0)
-    for g in graphed:  # each one's history refuses
-        with pytest.raises(RuntimeError, match="double backward"):
-            torch.autograd.grad(g.square().sum(), leaves, allow_unused=True)
-    # the op itself, called with grad mode on and inputs that need gradients, alike
-    output, hy, cy, _, workspace = torch.ops.fused_rnn.rnn_forward(*args)
-    grads = torch.ops.fused_rnn.rnn_backward(*args[:11], workspace, torch.ones_like(output),
-                                             torch.zeros_like(hy),
-                                             torch.zeros_like(cy) if mode == "LSTM" else None)
-    with pytest.raises(RuntimeError, match="double backward"):
-        grads[3].sum().backward()
+
+
+# Double backward through the ops: every mode, projected, packed, reversed, cell states.
+DOUBLE_CASES = [c for c in CASES if c["bias"] is True]
+
+
+@pytest.mark.parametrize("case", DOUBLE_CASES, ids=case_id)
+def test_gradgradcheck(case):
+    """fp64 gradgradcheck of rnn_forward (through its autograd kernel): the derivatives of its
+    gradients, with respect to every input, weight and output gradient."""
+    args = layer_args(**case)
+    tensors = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+
+    def fn(*ts):
+        full = list(args)
+        for i, t in zip(tensors, ts):
+            full[i] = t
+        output, hy, cy, cells, _ = torch.ops.fused_rnn.rnn_forward(*full)
+        return (output, hy) + ((cy,) if case["mode"] == "LSTM" else ()) + (
+            (cells,) if case["cells"] else ())
+
+    assert torch.autograd.gradgradcheck(fn, [args[i] for i in tensors], atol=1e-6, rtol=1e-5)
+
+
+def test_third_order_raises():
+    args = layer_args("GRU")
+    output, *_ = _ops.rnn_layer(*args[:10], train=True)
+    g, = torch.autograd.grad(output.square().sum(), args[5], create_graph=True)
+    gg, = torch.autograd.grad(g.square().sum(), args[5], create_graph=True)
+    with pytest.raises(RuntimeError, match="third-order"):
+        gg.sum().backward()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -139,6 +139,33 @@ def test_eval_and_no_grad(mode):
         torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=1e-8, rtol=1e-7)
 
 
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("kind", ["padded", "batch_first", "packed"])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_double_backward_like_torch(mode, proj, kind, x_grad):
+    """A gradient penalty through a 2-layer bidirectional model (create_graph=True, then the
+    gradients' own gradients) equals torch.nn's, with and without an input that needs a
+    gradient (then the layer op skips dx, and its double backward too)."""
+    ref, fused = make_pair(mode, I, H, num_layers=2, bidirectional=True,
+                           batch_first=kind == "batch_first",
+                           **({"proj_size": proj} if proj else {}))
+    x = torch.randn(B, T, I, dtype=torch.float64)  # time-major: T = B rows, B = T steps
+    results = []
+    for model in (ref, fused):
+        leaf = x.clone().requires_grad_(x_grad)
+        inp = leaf
+        if kind == "packed":
+            inp = pack_padded_sequence(leaf, [3, 1, 4, 2, 4, 1, 2], enforce_sorted=False)
+        tensors = flatten(model(inp))
+        loss = tensors[0].sin().sum() + sum(t.pow(2).sum() for t in tensors[1:])
+        wrt = ([leaf] if x_grad else []) + list(model.parameters())
+        grads = torch.autograd.grad(loss, wrt, create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in grads)
+        results.append(torch.autograd.grad(penalty, wrt))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode,proj", CONFIGS)
