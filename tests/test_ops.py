@@ -279,11 +279,12 @@ def test_create_graph_gives_the_same_gradients(mode):
 DOUBLE_CASES = [c for c in CASES if c["bias"] is True]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", DOUBLE_CASES, ids=case_id)
-def test_gradgradcheck(case):
+def test_gradgradcheck(case, device):
     """fp64 gradgradcheck of rnn_forward (through its autograd kernel): the derivatives of its
     gradients, with respect to every input, weight and output gradient."""
-    args = layer_args(**case)
+    args = layer_args(**case, device=device)
     tensors = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
 
     def fn(*ts):
