@@ -339,8 +339,8 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
   if (!any || !c10::GradMode::is_enabled()) return grads;
   auto node = make_node<RNNLayerDoubleBackward>();
   const std::array<at::Tensor, kSecondOrderEdges> inputs{
-      input,    hx,          or_undefined(cx),     w_ih,   w_hh, or_undefined(b_ih),
-      or_undefined(b_hh), or_undefined(w_hr), grad_output, grad_hy, or_undefined(grad_cy),
+      input, hx, or_undefined(cx), w_ih, w_hh, or_undefined(b_ih), or_undefined(b_hh),
+      or_undefined(w_hr), grad_output, grad_hy, or_undefined(grad_cy),
       or_undefined(grad_cell_states)};
   node->set_next_edges(torch::autograd::collect_next_edges(
       at::ArrayRef<at::Tensor>(inputs.data(), inputs.size())));
@@ -351,8 +351,9 @@ rnn_backward_autograd(c10::string_view mode, const at::Tensor& input,
   node->hx_grad = hx_grad;
   node->batch_sizes = SavedVariable(or_undefined(batch_sizes), false);
   for (int k = 0; k < kSecondOrderEdges; ++k) node->saved[k] = SavedVariable(inputs[k], false);
-  std::apply([&](auto&... g) { ((g.defined() ? torch::autograd::set_history(g, node) : void()), ...); },
-             grads);
+  std::apply(
+      [&](auto&... g) { ((g.defined() ? torch::autograd::set_history(g, node) : void()), ...); },
+      grads);
   node_created(node);
   return grads;
 }

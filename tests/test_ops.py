@@ -1,12 +1,14 @@
 """The registered ops: opcheck (schema, fake kernel, autograd registration, AOT dispatch) and
 gradcheck in fp64, every mode, projected, packed, reversed."""
 
+import warnings
+
 import pytest
 import torch
 
 import fused_rnn
 from fused_rnn import _ops
-from conftest import DEVICES
+from conftest import DEVICES, TOL, make_pair
 from fused_rnn.info import OPS, has_kernel
 
 I, H, P, T, B = 3, 4, 2, 5, 3
@@ -312,15 +314,8 @@ def test_torch_func_grad_and_per_sample_gradients(mode):
     """torch.func.grad (create_graph inside) equals torch.nn's; vmap over it (per-sample
     gradients, on torch's loop fallback: fused_rnn has no batching rule) equals a loop over the
     samples, where torch.nn's RNNs have no fallback at all."""
-    import warnings
-
-    ref = fused_rnn.LSTM if mode == "LSTM" else fused_rnn.GRU if mode == "GRU" else fused_rnn.RNN
-    kw = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {}
     torch.manual_seed(0)
-    fused = ref(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
-    nn = getattr(torch.nn, ref.__name__)(3, 4, num_layers=2, bidirectional=True,
-                                          dtype=torch.float64, **kw)
-    nn.load_state_dict(fused.state_dict())
+    nn, fused = make_pair(mode, 3, 4, num_layers=2, bidirectional=True)
     params = {k: v.detach() for k, v in fused.named_parameters()}
     xs = torch.randn(3, T, 1, 3, dtype=torch.float64)
 
@@ -329,12 +324,13 @@ def test_torch_func_grad_and_per_sample_gradients(mode):
 
     want = torch.func.grad(loss(nn), argnums=(0, 1))(params, xs[0])
     got = torch.func.grad(loss(fused), argnums=(0, 1))(params, xs[0])
-    torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-7)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*batching rule.*")
         per_sample = torch.func.vmap(torch.func.grad(loss(fused)), in_dims=(None, 0))(params, xs)
+    each = [torch.func.grad(loss(fused))(params, x) for x in xs]
     for name in params:
-        loop = torch.stack([torch.func.grad(loss(fused))(params, x)[name] for x in xs])
+        loop = torch.stack([grads[name] for grads in each])
         torch.testing.assert_close(per_sample[name], loop, atol=1e-12, rtol=1e-10)
 
 

@@ -53,7 +53,8 @@ struct StorageDtypes<R(Args...), Kernel> {
   }
 };
 template <auto Kernel>
-constexpr auto in_storage_dtypes = &StorageDtypes<std::remove_pointer_t<decltype(Kernel)>, Kernel>::call;
+constexpr auto in_storage_dtypes =
+    &StorageDtypes<std::remove_pointer_t<decltype(Kernel)>, Kernel>::call;
 
 }  // namespace
 
