@@ -1102,17 +1102,27 @@ struct CPUBackend {
     scalar_t* o = result.data_ptr<scalar_t>();
     const int64_t ld = dgates.stride(0);
     // Rows of the result shared out across threads once each has kParallelWork multiply-adds;
-    // each sums its rows over every run of input rows (the first run initialises them).
+    // each sums its rows over every run of input rows (the first run initialises them), in
+    // runs of at most kSumChunk rows: small_gemm takes its row groups one by one, each over all
+    // of a run's k rows, so a longer run streamed its rows of B (up to 1.6 MB: the seed RNN's
+    // 6400 input rows) from L3 once per group; a chunk stays in L2 for all of them. The sums
+    // are the same (small_gemm adds kSumChunk terms at a time to C either way). Seed RNN
+    // (T 200, B 32, I 64, H 32, 2 layers) forward+backward 2.23-2.29 -> 2.16-2.20 ms (min of 4
+    // alternating processes, 2 threads).
     const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, N * cols));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      rb->segments(0, N, [&](int64_t n, int64_t off, int64_t count) {
-        const scalar_t beta(n == 0 ? 0 : 1);
-        if (transposed) {
-          small_gemm<scalar_t>(r1 - r0, G, count, x + off + r0, 1, rb->sb, dg + n * ld, ld, beta,
-                               o + r0 * G, G);
-        } else {
-          small_gemm<scalar_t>(r1 - r0, K, count, dg + n * ld + r0, 1, ld, x + off, rb->sb, beta,
-                               o + r0 * K, K);
+      rb->segments(0, N, [&](int64_t n0, int64_t off0, int64_t count0) {
+        for (int64_t c = 0; c < count0; c += kSumChunk) {
+          const int64_t n = n0 + c, off = off0 + c * rb->sb;
+          const int64_t count = std::min(kSumChunk, count0 - c);
+          const scalar_t beta(n == 0 ? 0 : 1);
+          if (transposed) {
+            small_gemm<scalar_t>(r1 - r0, G, count, x + off + r0, 1, rb->sb, dg + n * ld, ld,
+                                 beta, o + r0 * G, G);
+          } else {
+            small_gemm<scalar_t>(r1 - r0, K, count, dg + n * ld + r0, 1, ld, x + off, rb->sb,
+                                 beta, o + r0 * K, K);
+          }
         }
       });
     });
