@@ -335,6 +335,29 @@ def test_large_weight_in_place(steps, batch):
     assert_same_run(ref, fused, lambda m: m(x, h0), [x, h0], torch.float32)
 
 
+# The post-loop weight gradients on the CPU's small-product kernel (csrc/cpu/backend.h:
+# grad_weight) take each run of input rows in chunks of 256: runs of 660 rows (time-major, one
+# run), of 300 (batch-first: a run per step) and packed ones, with a last partial chunk; dW in
+# both orientations (3 inputs: dW^T, its lanes along the gates; 64: dW itself).
+@pytest.mark.parametrize("mode", ["LSTM", "RNN_TANH"])
+@pytest.mark.parametrize("inputs", [3, 64])
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "packed"])
+def test_weight_gradients_over_row_chunks(mode, inputs, layout):
+    steps, batch = (2, 300) if layout == "batch_first" else (20, 33)
+    ref, fused = make_pair(mode, inputs, 4, batch_first=layout == "batch_first")
+    dims = (batch, steps, inputs) if layout == "batch_first" else (steps, batch, inputs)
+    x = torch.randn(*dims, dtype=torch.float64, requires_grad=True)
+    lengths = torch.randint(1, steps + 1, (batch,))
+    lengths[0] = steps
+
+    def call(m):
+        if layout != "packed":
+            return m(x)
+        return m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+
+    assert_same_run(ref, fused, call, [x])
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
 @pytest.mark.parametrize("steps,batch", [(3, 50), (20, 8)], ids=["packed", "many_steps"])
 def test_fp32_long_sums(mode, steps, batch):
