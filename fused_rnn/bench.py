@@ -260,13 +260,21 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
           "float16": torch.float16}
 
 
+def peak_dtype(dtype: str) -> str:
+    """The dtype whose GEMM peak bounds a run in `dtype`: fp64's own (half fp32's rate on this
+    CPU: measured in fp32, a float64 run's bound was half what it is), fp32 otherwise
+    (fused_rnn's fp16/bf16 math is fp32)."""
+    return "float64" if dtype == "float64" else "float32"
+
+
 def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float32"):
     """Runs the benchmark; returns a JSON-able dict. The GEMM peak is the best of measurements
     before and after every shape: one taken while the machine was busy elsewhere made fractions
     of it above 100% (a shared 2-core host swung 91-176 GFLOP/s within minutes). `dtype` (a key
     of DTYPES) is what both modules run in; the parity check is fp64 whatever it is, and the
-    peak fp32's (fused_rnn's fp16/bf16 math is fp32)."""
-    peak = gemm_peak(device)
+    peak peak_dtype(dtype)'s."""
+    peak_in = DTYPES[peak_dtype(dtype)]
+    peak = gemm_peak(device, peak_in)
     rows, timed = [], []
     bar = Progress(len(shapes), progress)
     for shape in shapes:
@@ -274,7 +282,7 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float
         if check:
             row["parity_max_rel_diff"] = parity(shape, device)
         timed.append(time_pair(shape, device, repeats=repeats, dtype=DTYPES[dtype]))
-        peak = max(peak, gemm_peak(device))
+        peak = max(peak, gemm_peak(device, peak_in))
         rows.append(row)
         bar.step(shape.name)
     for shape, row, times in zip(shapes, rows, timed):
@@ -300,6 +308,7 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "gemm_peak_gflops": peak,
+        "gemm_peak_dtype": peak_dtype(dtype),
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }
@@ -327,7 +336,8 @@ def format_table(report) -> str:
     lines = [
         f"fused_rnn vs torch.nn on {report['device']} ({report['machine']}), "
         f"{report.get('dtype', 'float32')}, torch "
-        f"{report['torch']}, {report['date']}; GEMM peak {report['gemm_peak_gflops']:.1f} GFLOP/s",
+        f"{report['torch']}, {report['date']}; GEMM peak {report['gemm_peak_gflops']:.1f} GFLOP/s"
+        f" ({report.get('gemm_peak_dtype', 'float32')})",
         "",
         "| shape | T,B,I,H | parity | fwd torch ms | fwd fused ms | fwd speedup | "
         "fwd+bwd torch ms | fwd+bwd fused ms | fwd+bwd speedup | "

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from fused_rnn import bench
 
 
@@ -38,6 +41,39 @@ def test_bench_dtype(tmp_path):
     assert report["results"][0]["parity_max_rel_diff"] < 1e-10  # still fp64
     assert report["results"][0]["fwd"]["fused"]["best_ms"] > 0
     assert run("bench", "--dtype", "int8").returncode != 0
+
+
+def test_bench_float64_bound(tmp_path):
+    """--dtype float64: the bound and the fractions of peak are against fp64's GEMM peak (an fp32
+    peak made them half what they are); fp16/bf16 runs keep fp32's (fused_rnn computes in it)."""
+    out = run("bench", "--shapes", "char_rnn", "--repeats", "1", "--no-check", "--dtype",
+              "float64", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "(float64)" in out.stdout.splitlines()[0]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["gemm_peak_dtype"] == "float64"
+    entry = report["results"][0]["fwd"]
+    assert entry["bound_ms"] == bench.Shape.flops(bench.select("char_rnn")[0], False) / (
+        report["gemm_peak_gflops"] * 1e9) * 1e3
+    assert [bench.peak_dtype(d) for d in bench.DTYPES] == ["float32", "float64", "float32",
+                                                            "float32"]
+
+
+@pytest.mark.parametrize("dtype,peak_in", [("float64", torch.float64), ("float32", torch.float32),
+                                           ("bfloat16", torch.float32)])
+def test_bench_peak_measured_in_its_dtype(monkeypatch, dtype, peak_in):
+    """Every GEMM peak of a run (before and after each shape) is measured in peak_dtype's dtype."""
+    asked = []
+
+    def fake_peak(device, dtype=torch.float32, **kwargs):
+        asked.append(dtype)
+        return 100.0
+
+    monkeypatch.setattr(bench, "gemm_peak", fake_peak)
+    report = bench.run(bench.select("char_rnn"), repeats=1, progress=False, check=False,
+                       dtype=dtype)
+    assert asked == [peak_in, peak_in]
+    assert report["gemm_peak_gflops"] == 100.0
 
 
 def test_bench_errors_and_list():
