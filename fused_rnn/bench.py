@@ -273,7 +273,8 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float
     of it above 100% (a shared 2-core host swung 91-176 GFLOP/s within minutes). `dtype` (a key
     of DTYPES) is what both modules run in; the parity check is fp64 whatever it is, and the
     peak peak_dtype(dtype)'s."""
-    peak_in = DTYPES[peak_dtype(dtype)]
+    peak_name = peak_dtype(dtype)
+    peak_in = DTYPES[peak_name]
     peak = gemm_peak(device, peak_in)
     rows, timed = [], []
     bar = Progress(len(shapes), progress)
@@ -308,7 +309,7 @@ def run(shapes, device="cpu", repeats=5, progress=True, check=True, dtype="float
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "gemm_peak_gflops": peak,
-        "gemm_peak_dtype": peak_dtype(dtype),
+        "gemm_peak_dtype": peak_name,
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }
