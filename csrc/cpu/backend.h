@@ -654,6 +654,16 @@ struct CPUBackend {
       return t.contiguous();
     }
     at::Tensor out = empty(t.sizes(), t.options());
+    // One element broadcast to every position (the gradient that `output.sum()` gives): a
+    // single fill, not a fill per row (4800 rows of 4 on the toxic model: ~20 us, 4% of its
+    // training step, with a parallel region for it).
+    const auto strides = t.strides();
+    if (std::all_of(strides.begin(), strides.end(), [](int64_t s) { return s == 0; })) {
+      AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fused_rnn contiguous", [&] {
+        std::fill_n(out.data_ptr<scalar_t>(), t.numel(), *t.const_data_ptr<scalar_t>());
+      });
+      return out;
+    }
     const int64_t P = t.size(-1), sp = t.stride(-1);
     const int64_t inner = t.dim() == 3 ? t.size(1) : 1;
     const int64_t s0 = t.stride(0), s1 = t.dim() == 3 ? t.stride(1) : 0;
