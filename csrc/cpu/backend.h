@@ -655,8 +655,8 @@ struct CPUBackend {
     }
     at::Tensor out = empty(t.sizes(), t.options());
     // One element broadcast to every position (the gradient that `output.sum()` gives): a
-    // single fill, not a fill per row (4800 rows of 4 on the toxic model: ~20 us, 4% of its
-    // training step, with a parallel region for it).
+    // single fill, not a fill per row inside a parallel region (4800 rows of 4 on the toxic
+    // model: its training step 0.4915 -> 0.4870 ms, min of 6 alternating processes).
     const auto strides = t.strides();
     if (std::all_of(strides.begin(), strides.end(), [](int64_t s) { return s == 0; })) {
       AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fused_rnn contiguous", [&] {
