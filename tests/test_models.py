@@ -207,7 +207,7 @@ DDP_SCRIPT = r"""
 import os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fused_rnn.models import SentimentLSTM
-rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rank, world, rendezvous, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = SentimentLSTM(40, impl="fused").double()
@@ -215,7 +215,9 @@ g = torch.Generator().manual_seed(1)
 batches = [(torch.randint(1, 40, (8, 12), generator=g), torch.randint(1, 13, (8,), generator=g),
             torch.randint(0, 2, (8,), generator=g).double()) for _ in range(3)]
 if world > 1:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file rendezvous, not a TCP port: a fixed or guessed port can be taken by another process
+    # (EADDRINUSE, or worse a client that joins someone else's store).
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
                             world_size=world)
     model = DDP(model)
 opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -230,6 +232,7 @@ if rank == 0:
     m = model.module if world > 1 else model
     torch.save({k: v.detach() for k, v in m.state_dict().items()}, out)
 if world > 1:
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 """
 
@@ -237,14 +240,21 @@ if world > 1:
 def test_ddp_two_processes_match_one(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    port = str(29500 + os.getpid() % 1000)
+    rendezvous = tmp_path / "rendezvous"
     single = tmp_path / "single.pt"
-    subprocess.run([sys.executable, str(script), "0", "1", port, str(single)], check=True,
-                   timeout=300)
+    subprocess.run([sys.executable, str(script), "0", "1", str(rendezvous), str(single)],
+                   check=True, timeout=300)
     double = tmp_path / "ddp.pt"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, str(double)])
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(rendezvous),
+                               str(double)], stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    assert all(p.wait(timeout=300) == 0 for p in procs)
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for r, (p, err) in enumerate(zip(procs, errors)):
+        assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{err[-4000:]}"
     a, b = torch.load(single), torch.load(double)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-10, rtol=1e-9, msg=k)
