@@ -1190,8 +1190,8 @@ struct CPUBackend {
            RowBlocks::of(x).has_value();
   }
   // A part's partial sums: dW_ih | dW_hh (each [G, K] or [K, G], grad_weight_transposed) |
-  // the input side's column sums | the recurrent side's.
-  static int64_t step_gradients_size(const LayerDims& d) { return d.G * (d.I + d.P + 2); }
+  // the input side's column sums | the recurrent side's | their compensations (add_column_sums).
+  static int64_t step_gradients_size(const LayerDims& d) { return d.G * (d.I + d.P + 4); }
 
   // One run of a part's steps (gradient_chunk): its share of dW_ih, dW_hh and the column sums
   // added to the part's partial sums, and its rows of dx = dgates_x W_ih.
@@ -1206,8 +1206,8 @@ struct CPUBackend {
     add_grad_weight(G, I, run, dg_x, S, g.x + run.x_off, g.rows.sb, run.d_x, sums);
     add_grad_weight(G, P, run, dg_h, S, b.ws.h_prev + run.off * P, P, run.d_off * P,
                     sums + G * I);
-    if (g.sum_x) add_column_sums(G, run, dg_x, S, sums + G * (I + P));
-    if (g.sum_h) add_column_sums(G, run, dg_h, S, sums + G * (I + P + 1));
+    if (g.sum_x) add_column_sums(G, run, dg_x, S, sums + G * (I + P), sums + G * (I + P + 2));
+    if (g.sum_h) add_column_sums(G, run, dg_h, S, sums + G * (I + P + 1), sums + G * (I + P + 3));
     if (!g.grad_input) return;
     for (int64_t c = 0; c < run.steps; ++c) {
       const int64_t off = run.off + c * run.d_off;
@@ -1233,15 +1233,19 @@ struct CPUBackend {
     }
   }
 
-  // out [G] += the column sums of the run's rows of dg (rows of `ld`).
+  // out [G] += the column sums of the run's rows of dg (rows of `ld`), summed on their own and
+  // then added. With `comp` [G] (zeros at first) added with Kahan's compensation, comp holding
+  // what each add lost: the sum is then out - comp. The step gradients add a chunk's bias sums
+  // to a part's running sums hundreds of times; added term by term onto one running total (as
+  // they were) their fp32 error against the fp64 oracle was 2-4x torch.nn's.
   template <class scalar_t>
   static void add_column_sums(int64_t G, const GradientRun& run, const scalar_t* dg, int64_t ld,
-                              scalar_t* out) {
+                              scalar_t* out, scalar_t* comp = nullptr) {
     using Vec = at::vec::Vectorized<scalar_t>;
     constexpr int64_t W = Vec::size();
     for (int64_t j = 0; j < G; j += W) {
       const LaneMask<scalar_t> lane(std::min<int64_t>(W, G - j));
-      Vec acc0 = lane.load(out + j), acc1(scalar_t(0));
+      Vec acc0(scalar_t(0)), acc1(scalar_t(0));
       for (int64_t c = 0; c < run.steps; ++c) {
         const scalar_t* rows = dg + c * run.d_off * ld + j;
         int64_t r = 0;
@@ -1251,7 +1255,15 @@ struct CPUBackend {
         }
         if (r < run.rows) acc0 = acc0 + lane.load(rows + r * ld);
       }
-      lane.store(out + j, acc0 + acc1);
+      const Vec total = lane.load(out + j);
+      if (!comp) {
+        lane.store(out + j, total + (acc0 + acc1));
+        continue;
+      }
+      const Vec y = (acc0 + acc1) - lane.load(comp + j);
+      const Vec t = total + y;
+      lane.store(comp + j, (t - total) - y);
+      lane.store(out + j, t);
     }
   }
 
@@ -1268,9 +1280,11 @@ struct CPUBackend {
                                                     : w.view({G, K});
     };
     const int64_t sums_at = G * (d.I + d.P);
-    return {weight(0, d.I), weight(G * d.I, d.P),
-            g.sum_x ? total(sums_at, G) : at::Tensor(),
-            g.sum_h ? total(sums_at + G, G) : at::Tensor()};
+    auto column_sum = [&](int64_t i) {  // the sum less what its adds lost
+      return total(sums_at + i * G, G).sub(total(sums_at + (i + 2) * G, G));
+    };
+    return {weight(0, d.I), weight(G * d.I, d.P), g.sum_x ? column_sum(0) : at::Tensor(),
+            g.sum_h ? column_sum(1) : at::Tensor()};
   }
 
   template <class scalar_t>
