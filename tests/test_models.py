@@ -245,16 +245,20 @@ def test_ddp_two_processes_match_one(tmp_path):
     subprocess.run([sys.executable, str(script), "0", "1", str(rendezvous), str(single)],
                    check=True, timeout=300)
     double = tmp_path / "ddp.pt"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(rendezvous),
-                               str(double)], stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
+    # Each rank's stderr to a file: a pipe read one rank at a time could fill up for the other.
+    logs = [tmp_path / f"rank{r}.err" for r in range(2)]
+    procs = []
     try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
+        for r, log in enumerate(logs):
+            with open(log, "w") as err:
+                procs.append(subprocess.Popen([sys.executable, str(script), str(r), "2",
+                                               str(rendezvous), str(double)], stderr=err))
+        codes = [p.wait(timeout=300) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for r, (p, err) in enumerate(zip(procs, errors)):
-        assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{err[-4000:]}"
+    for r, (code, log) in enumerate(zip(codes, logs)):
+        assert code == 0, f"rank {r} exited with {code}:\n{log.read_text()[-4000:]}"
     a, b = torch.load(single), torch.load(double)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-10, rtol=1e-9, msg=k)
