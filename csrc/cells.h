@@ -254,7 +254,9 @@ struct GRUBackward {
     const V hp = M::load(h_prev + b * H + j, H);
     V dht = M::load(dh_state + b * H + j, H);
     if (dout) dht = dht + M::load(dout + b * H + j, H);
-    const V dn = dht * (one - z) * (one - n * n);
+    // dht - dht z, not dht (1 - z): torch.nn's autograd adds the gradients of h = n + z (h_prev
+    // - n) that way, so an infinite dh_t gives NaN (inf - inf) there too, not inf.
+    const V dn = (dht - dht * z) * (one - n * n);
     const V dz = dht * (hp - n) * z * (one - z);
     const V dr = dn * hn * r * (one - r);
     M::store(dgates + s0, S, dn * r);

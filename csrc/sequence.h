@@ -231,6 +231,26 @@ at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, i
   return out;
 }
 
+// Processing step 0 (t = 0, or T - 1 in reverse) starts each of its `rows` rows from h0, the
+// first rows of hx. Where those are all zeros (a module called without hx passes zeros) the
+// step's recurrent product h0 W_hh^T is zero, and so is its rows' share dgates^T h_prev of
+// dW_hh: both are left out (a backend with kZeroFirstState, from kZeroStateMinRows rows).
+// Exactly: 0 * inf and 0 * NaN are NaN, which the products would give, so only where the other
+// factor, `m` ([m_rows, m_cols], rows `ld` apart: W_hh forward, those rows' recurrent gate
+// gradients backward), is finite. A whole step of products for two scans: at T = 1, B = 256,
+// I = H = 256 (hx=None) the forward does half the multiply-adds torch.nn's does, the backward
+// two thirds.
+template <class Backend, class scalar_t>
+bool first_state_zero(int64_t rows, const scalar_t* h0, int64_t P, const scalar_t* m,
+                      int64_t m_rows, int64_t m_cols, int64_t ld) {
+  if constexpr (Backend::kZeroFirstState) {
+    return rows >= Backend::kZeroStateMinRows && Backend::all_zero(h0, rows * P) &&
+           Backend::all_finite(m, m_rows, m_cols, ld);
+  } else {
+    return false;
+  }
+}
+
 // The shape of the input's gradient: `input`'s ([T, B, I] or packed [N, I]), or with
 // `batch_first` that of the [B, T, I] tensor a [T, B, I] `input` is the transposed view of.
 inline std::vector<int64_t> input_grad_shape(const at::Tensor& input, bool batch_first) {
@@ -392,6 +412,7 @@ struct ForwardBuffers {
   scalar_t* r_scratch;                          // [B, H] (projected, no training)
   scalar_t* hp_scratch;
   WorkspaceView<scalar_t> ws;
+  bool zero_h0 = false;  // h0 W_hh^T is zero (first_state_zero): processing step 0 skips it
 };
 
 // x_t W_ih^T + bias of a chunk's steps, for backends that project inside the loop.
@@ -446,7 +467,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
-    gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, hg);
+    if (step > 0 || !b.zero_h0) gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, hg);
     scalar_t* out = b.output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
@@ -681,18 +702,26 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // The input as given (a batch-first model's is a transposed view): the backend reads it in
   // place or makes its own copy.
   const at::Tensor& x = a.input;
+  at::Tensor h_state = contiguous_copy(a.hx);
+  const int64_t rows0 = s.N > 0 ? s.rows[s.step(0, a.reverse)] : 0;  // processing step 0's
+  const bool zero_h0 =
+      s.N > 0 && a.w_hh.is_contiguous() &&
+      first_state_zero<Backend, scalar_t>(rows0, h_state.const_data_ptr<scalar_t>(), d.P,
+                                          a.w_hh.const_data_ptr<scalar_t>(), d.G, d.P, d.P);
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
   const HeldWeight<scalar_t> w_hh_t =
-      hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H, s.N, s.T);
+      zero_h0 && s.T == 1 ? HeldWeight<scalar_t>{}  // (no product reads it)
+                          : hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H,
+                                                           s.N - (zero_h0 ? rows0 : 0),
+                                                           s.T - (zero_h0 ? 1 : 0));
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = d.P;
   at::Tensor output = Backend::empty(out_shape, opts);
-  at::Tensor h_state = contiguous_copy(a.hx);
   at::Tensor c_state =
       d.mode == Mode::LSTM ? contiguous_copy(*a.cx) : at::empty({0}, opts);
   at::Tensor workspace = Backend::empty({a.train ? s.N * d.ws_cols() : 0}, opts);
@@ -732,7 +761,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
-  at::Tensor hg = at::empty({s.B, d.G}, opts);
+  at::Tensor hg = zero_h0 ? at::zeros({s.B, d.G}, opts) : at::empty({s.B, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
   at::Tensor hp_scratch =
@@ -745,7 +774,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
       d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
       a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
       r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
-      hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws};
+      hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws, zero_h0};
   // The backend may run the whole loop as one kernel (CUDA, small layers); else step by step.
   if (!Backend::template fused_forward<scalar_t>(s, d, a.reverse, a.train, buffers)) {
     Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
@@ -834,9 +863,14 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           gru && a.b_hh.has_value()};
     }
   }
+  // Processing step 0's rows: without hx_grad their dh_0 product is left out (backward_loop).
+  const int64_t t0 = s.N > 0 ? s.step(0, a.reverse) : 0, rows0 = s.N > 0 ? s.rows[t0] : 0;
   if (s.N > 0) {
     const HeldWeight<scalar_t> w_hh =
-        hold_weight<Backend, scalar_t>(a.w_hh, d.P, s.N, s.T, roll);
+        !hx_grad && s.T == 1 ? HeldWeight<scalar_t>{}  // (no product reads it)
+                             : hold_weight<Backend, scalar_t>(a.w_hh, d.P,
+                                                              s.N - (hx_grad ? 0 : rows0),
+                                                              s.T - (hx_grad ? 0 : 1), roll);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
@@ -869,6 +903,15 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     }
   }
   if (!step_grads) {
+    // dW_hh without processing step 0's rows where their h_prev (h0) is zero: they lie at one
+    // end of the time-major rows (step 0's first, or in reverse T - 1's last).
+    int64_t hh_begin = 0, hh_rows = s.N;
+    if (s.N > 0 && first_state_zero<Backend, scalar_t>(
+                       rows0, h_prev.const_data_ptr<scalar_t>() + s.offset[t0] * d.P, d.P,
+                       dgates_h.const_data_ptr<scalar_t>() + s.offset[t0] * S, rows0, d.G, S)) {
+      hh_rows = s.N - rows0;
+      hh_begin = s.offset[t0] == 0 ? rows0 : 0;
+    }
     // The input side and the recurrent side are independent: the backend may run them at once
     // (given the multiply-adds of the largest product).
     Backend::concurrently(
@@ -881,7 +924,9 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
           grad_w_ih = weight_gradient<Backend, scalar_t>(dgates_x, x);
         },
         [&] {
-          grad_w_hh = weight_gradient<Backend, scalar_t>(dgates_h, h_prev, roll);
+          grad_w_hh = weight_gradient<Backend, scalar_t>(dgates_h.narrow(0, hh_begin, hh_rows),
+                                                         h_prev.narrow(0, hh_begin, hh_rows),
+                                                         roll);
           if (sum_input_side) sum_x = Backend::template column_sums<scalar_t>(dgates_x);
           if (gru && a.b_hh) sum_h = Backend::template column_sums<scalar_t>(dgates_h);
         });

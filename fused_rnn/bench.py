@@ -49,14 +49,21 @@ class Shape:
         return sum(self.lengths())
 
     def flops(self, backward: bool) -> float:
-        """GEMM FLOPs (the bound): 2*tokens*G*(I+H) per layer-direction forward; backward does
-        about twice the forward's (dx and dW_ih; dh and dW_hh)."""
+        """GEMM FLOPs (the bound): per layer-direction forward 2*G*(tokens*I + (tokens - r0)*H),
+        r0 being the rows that the direction's first step starts from h0, which the benchmark
+        leaves zero (no hx): their recurrent product is zero and needs no multiply-adds
+        (fused_rnn leaves it out). Backward does about twice the forward's (dx and dW_ih; dh
+        and dW_hh)."""
         gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1) * self.H
-        dirs = 2 if self.bidirectional else 1
+        lengths = self.lengths()
+        tokens = sum(lengths)
+        # Forward, every row starts at t = 0; in reverse, the longest ones at the last step.
+        first_rows = [len(lengths)] + ([lengths.count(max(lengths))] if self.bidirectional else [])
         total = 0.0
         for layer in range(self.layers):
-            inp = self.I if layer == 0 else self.H * dirs
-            total += dirs * 2.0 * self.tokens() * gates * (inp + self.H)
+            inp = self.I if layer == 0 else self.H * len(first_rows)
+            for r0 in first_rows:
+                total += 2.0 * gates * (tokens * inp + (tokens - r0) * self.H)
         return total * (3 if backward else 1)
 
 

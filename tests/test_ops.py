@@ -16,7 +16,10 @@ MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
 
 def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=True,
-               dtype=torch.float64, requires_grad=True, cells=False, device="cpu"):
+               dtype=torch.float64, requires_grad=True, cells=False, device="cpu",
+               batch_sizes=(3, 3, 2, 1, 1), zero_h0=False):
+    """A layer op call's arguments: T x B padded input, or packed with `batch_sizes`; h0 of
+    zeros with `zero_h0`."""
     g = _ops.gates_of(mode) * H
     state = P if proj else H
 
@@ -24,13 +27,17 @@ def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=T
         return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
     if packed:
-        batch_sizes = torch.tensor([3, 3, 2, 1, 1])
+        batch_sizes = torch.tensor(batch_sizes)
         x = t(int(batch_sizes.sum()), I)
     else:
+        x = t(len(batch_sizes), batch_sizes[0], I)
         batch_sizes = None
-        x = t(T, B, I)
+    batch = x.size(1) if batch_sizes is None else int(batch_sizes[0])
+    h0 = t(batch, state)
+    if zero_h0:
+        h0 = torch.zeros_like(h0).requires_grad_(requires_grad)
     # bias: True (both), False (none), or "ih" / "hh" (only that one: the op allows it)
-    return (mode, x, batch_sizes, t(B, state), t(B, H) if mode == "LSTM" else None, t(g, I),
+    return (mode, x, batch_sizes, h0, t(batch, H) if mode == "LSTM" else None, t(g, I),
             t(g, state), t(g) if bias in (True, "ih") else None,
             t(g) if bias in (True, "hh") else None,
             t(P, H) if proj else None, reverse, train, cells)
@@ -160,7 +167,22 @@ def test_module_grads_when_input_or_h0_need_none(mode, x_grad, h0):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_gradcheck(case, device):
-    args = layer_args(**case, device=device)
+    check_gradients(layer_args(**case, device=device))
+
+
+# h0 of zeros on 8+ rows: processing step 0's recurrent products are left out (csrc/sequence.h:
+# first_state_zero); gradcheck's perturbations of h0 take it off zero, so its numerical Jacobian
+# comes from both ways. Packed: the reverse direction starts 9 of the 10 rows at its step 0,
+# the last one a step later from h0.
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("case", [c for c in CASES if c["bias"] is True and not c["cells"]],
+                         ids=case_id)
+def test_gradcheck_zero_h0(case, steps):
+    sizes = (10, 10, 9, 9)[:steps] if case["packed"] else (10,) * steps
+    check_gradients(layer_args(**case, batch_sizes=sizes, zero_h0=True))
+
+
+def check_gradients(args):
     mode, reverse, cells = args[0], args[10], args[12]
     tensors = [a for a in args[1:10] if torch.is_tensor(a) and a.requires_grad]
     positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]

@@ -335,6 +335,69 @@ def test_large_weight_in_place(steps, batch):
     assert_same_run(ref, fused, lambda m: m(x, h0), [x, h0], torch.float32)
 
 
+# Processing step 0's recurrent products are left out where h0 is zeros (csrc/sequence.h:
+# first_state_zero; from 8 rows on the CPU): hx=None or zeros given (then also dh_0), against
+# a random hx; one step (no recurrent product at all) and three; the reverse direction of a
+# packed batch starts 9 of its 12 rows at its step 0 (T - 1), the others later from h0.
+@pytest.mark.parametrize("hx", ["none", "zeros", "random"])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("layout", ["padded", "packed_bidirectional", "batch_first"])
+@pytest.mark.parametrize("mode,proj", CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
+    batch, bidirectional = 12, layout == "packed_bidirectional"
+    ref, fused = make_pair(mode, I, H, num_layers=2, bidirectional=bidirectional,
+                           batch_first=layout == "batch_first", dtype=dtype,
+                           **({"proj_size": proj} if proj else {}))
+    dims = (batch, steps, I) if layout == "batch_first" else (steps, batch, I)
+    x = torch.randn(*dims, dtype=dtype, requires_grad=True)
+    lengths = [steps] * 9 + [max(1, steps - 1)] * 3
+    leaves, state = [x], None
+    if hx != "none":
+        make = torch.zeros if hx == "zeros" else torch.randn
+        hs = [make(*s, dtype=dtype).requires_grad_()
+              for s in _state_shapes(mode, 2, 2 if bidirectional else 1, (batch,), proj)]
+        leaves += hs
+        state = tuple(hs) if mode == "LSTM" else hs[0]
+
+    def call(m):
+        inp = x
+        if layout == "packed_bidirectional":
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        return m(inp) if state is None else m(inp, state)
+
+    assert_same_run(ref, fused, call, leaves, dtype)
+
+
+# 0 * inf is NaN: with an infinite element in W_hh, or in the gate gradients of the first step,
+# torch.nn's product with the zero h0 puts NaNs in the output (dW_hh); fused_rnn does not leave
+# that product out then, and has the same NaNs.
+@pytest.mark.parametrize("where", ["w_hh", "first_step_grad"])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_zero_initial_state_keeps_nans(mode, steps, where):
+    ref, fused = make_pair(mode, I, H, dtype=torch.float32)
+    if where == "w_hh":
+        with torch.no_grad():
+            for m in (ref, fused):
+                m.weight_hh_l0[1, 2] = float("inf")
+    x = torch.randn(steps, 12, I)
+    grad_out = torch.randn(steps, 12, H)
+    if where == "first_step_grad":
+        grad_out[0, 3] = float("inf")
+    results = []
+    for m in (ref, fused):
+        out = m(x)[0]
+        out.backward(grad_out)
+        results.append([out] + [p.grad for p in m.parameters()])
+    meant = results[0][0] if where == "w_hh" else ref.weight_hh_l0.grad
+    assert meant.isnan().any()  # the case is the one meant
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(b.isnan(), a.isnan())
+        keep = ~a.isnan()
+        torch.testing.assert_close(b[keep], a[keep], **TOL[torch.float32])
+
+
 # The post-loop weight gradients on the CPU's small-product kernel (csrc/cpu/backend.h:
 # grad_weight) take each run of input rows in chunks of 256: runs of 660 rows (time-major, one
 # run), of 300 (batch-first: a run per step) and packed ones, with a last partial chunk; dW in

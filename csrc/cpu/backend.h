@@ -19,7 +19,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -1044,6 +1046,34 @@ struct CPUBackend {
   static bool fused_backward(const Schedule&, const LayerDims&, bool,
                              const BackwardBuffers<scalar_t>&) {
     return false;
+  }
+
+  // first_state_zero (sequence.h): its scans read h0's rows and the other factor once each,
+  // where the product they may leave out makes a multiply-add per element of the other factor
+  // and row; from 8 rows they cost a fraction of it.
+  static constexpr bool kZeroFirstState = true;
+  static constexpr int64_t kZeroStateMinRows = 8;
+  // Whether p[0, n) are all zeros (either sign), stopping at the first row-sized run that is not.
+  template <class scalar_t>
+  static bool all_zero(const scalar_t* p, int64_t n) {
+    constexpr int64_t kRun = 256;
+    for (int64_t i = 0; i < n; i += kRun) {
+      int nonzero = 0;  // (an OR of compares over a run: vectorised)
+      for (int64_t j = i; j < std::min(n, i + kRun); ++j) nonzero |= p[j] != scalar_t(0);
+      if (nonzero) return false;
+    }
+    return true;
+  }
+  // Whether the [rows, cols] elements (rows `ld` apart) are all finite.
+  template <class scalar_t>
+  static bool all_finite(const scalar_t* p, int64_t rows, int64_t cols, int64_t ld) {
+    constexpr scalar_t kMax = std::numeric_limits<scalar_t>::max();
+    int bad = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* row = p + r * ld;
+      for (int64_t c = 0; c < cols; ++c) bad |= !(std::abs(row[c]) <= kMax);  // inf, NaN
+    }
+    return !bad;
   }
 
   // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G],

@@ -80,6 +80,8 @@ struct CUDABackend {
   static constexpr bool kStepProjection = false;
   // The weight gradients are GEMMs after the loop (cuBLAS), not partial sums inside it.
   static constexpr bool kStepGradients = false;
+  // No check that h0 is zeros (first_state_zero): reading its answer would wait for the device.
+  static constexpr bool kZeroFirstState = false;
 
   // Small layers run their whole loop in one kernel (block_loop.cuh); the others step by step
   // from the host, cuBLAS and a pointwise kernel per step.
