@@ -95,7 +95,10 @@ def extension():
     simd_flags, avx2 = cpu_simd_flags()
     # at::parallel_for is header code: without -fopenmp its "omp parallel" compiles to nothing and
     # every range runs on one thread. The soname libgomp.so.1 resolves to the runtime torch loaded.
-    cxx_flags = ["-O3", "-fopenmp"] + simd_flags
+    # Functions on 64-byte lines: a hot loop's alignment then depends on its own function only.
+    # Unaligned, an unrelated edit that moved the packed kernel by 48 bytes made an LSTM forward
+    # (T 50, B 8, I = H = 1024) 3.5% slower, 8 alternating runs (1.03x faster aligned).
+    cxx_flags = ["-O3", "-fopenmp", "-falign-functions=64"] + simd_flags
     link_flags = ["-fopenmp"]
     extra = {"cxx": cxx_flags}
     archs = ""

@@ -234,18 +234,19 @@ at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, i
 // Processing step 0 (t = 0, or T - 1 in reverse) starts each of its `rows` rows from h0, the
 // first rows of hx. Where those are all zeros (a module called without hx passes zeros) the
 // step's recurrent product h0 W_hh^T is zero, and so is its rows' share dgates^T h_prev of
-// dW_hh: both are left out (a backend with kZeroFirstState, from kZeroStateMinRows rows).
+// dW_hh: both are left out (a backend with kZeroFirstState, where zero_state_pays).
 // Exactly: 0 * inf and 0 * NaN are NaN, which the products would give, so only where the other
 // factor, `m` ([m_rows, m_cols], rows `ld` apart: W_hh forward, those rows' recurrent gate
-// gradients backward), is finite. A whole step of products for two scans: at T = 1, B = 256,
-// I = H = 256 (hx=None) the forward does half the multiply-adds torch.nn's does, the backward
-// two thirds.
+// gradients backward), is finite. `reuse`: the multiply-adds of the product left out per
+// element of m (forward: the rows; backward: P); `steps`: T. A whole step of products for two
+// scans: at T = 1, B = 256, I = H = 256 (hx=None) the forward does half the multiply-adds
+// torch.nn's does, the backward two thirds.
 template <class Backend, class scalar_t>
 bool first_state_zero(int64_t rows, const scalar_t* h0, int64_t P, const scalar_t* m,
-                      int64_t m_rows, int64_t m_cols, int64_t ld) {
+                      int64_t m_rows, int64_t m_cols, int64_t ld, int64_t reuse, int64_t steps) {
   if constexpr (Backend::kZeroFirstState) {
-    return rows >= Backend::kZeroStateMinRows && Backend::all_zero(h0, rows * P) &&
-           Backend::all_finite(m, m_rows, m_cols, ld);
+    return Backend::zero_state_pays(reuse, steps, m_rows * m_cols * int64_t(sizeof(scalar_t))) &&
+           Backend::all_zero(h0, rows * P) && Backend::all_finite(m, m_rows, m_cols, ld);
   } else {
     return false;
   }
@@ -707,7 +708,8 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const bool zero_h0 =
       s.N > 0 && a.w_hh.is_contiguous() &&
       first_state_zero<Backend, scalar_t>(rows0, h_state.const_data_ptr<scalar_t>(), d.P,
-                                          a.w_hh.const_data_ptr<scalar_t>(), d.G, d.P, d.P);
+                                          a.w_hh.const_data_ptr<scalar_t>(), d.G, d.P, d.P,
+                                          rows0, s.T);
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
@@ -908,7 +910,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
     int64_t hh_begin = 0, hh_rows = s.N;
     if (s.N > 0 && first_state_zero<Backend, scalar_t>(
                        rows0, h_prev.const_data_ptr<scalar_t>() + s.offset[t0] * d.P, d.P,
-                       dgates_h.const_data_ptr<scalar_t>() + s.offset[t0] * S, rows0, d.G, S)) {
+                       dgates_h.const_data_ptr<scalar_t>() + s.offset[t0] * S, rows0, d.G, S,
+                       d.P, s.T)) {
       hh_rows = s.N - rows0;
       hh_begin = s.offset[t0] == 0 ? rows0 : 0;
     }

@@ -17,11 +17,11 @@ MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
 def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=True,
                dtype=torch.float64, requires_grad=True, cells=False, device="cpu",
-               batch_sizes=(3, 3, 2, 1, 1), zero_h0=False):
+               batch_sizes=(3, 3, 2, 1, 1), zero_h0=False, hidden=H, proj_size=P):
     """A layer op call's arguments: T x B padded input, or packed with `batch_sizes`; h0 of
     zeros with `zero_h0`."""
-    g = _ops.gates_of(mode) * H
-    state = P if proj else H
+    g = _ops.gates_of(mode) * hidden
+    state = proj_size if proj else hidden
 
     def t(*shape):
         return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
@@ -37,10 +37,10 @@ def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=T
     if zero_h0:
         h0 = torch.zeros_like(h0).requires_grad_(requires_grad)
     # bias: True (both), False (none), or "ih" / "hh" (only that one: the op allows it)
-    return (mode, x, batch_sizes, h0, t(batch, H) if mode == "LSTM" else None, t(g, I),
+    return (mode, x, batch_sizes, h0, t(batch, hidden) if mode == "LSTM" else None, t(g, I),
             t(g, state), t(g) if bias in (True, "ih") else None,
             t(g) if bias in (True, "hh") else None,
-            t(P, H) if proj else None, reverse, train, cells)
+            t(proj_size, hidden) if proj else None, reverse, train, cells)
 
 
 CASES = [
@@ -170,16 +170,16 @@ def test_gradcheck(case, device):
     check_gradients(layer_args(**case, device=device))
 
 
-# h0 of zeros on 8+ rows: processing step 0's recurrent products are left out (csrc/sequence.h:
-# first_state_zero); gradcheck's perturbations of h0 take it off zero, so its numerical Jacobian
-# comes from both ways. Packed: the reverse direction starts 9 of the 10 rows at its step 0,
-# the last one a step later from h0.
+# h0 of zeros on 8+ rows, a state of 8+ units: processing step 0's recurrent products are left
+# out (csrc/sequence.h: first_state_zero); gradcheck's perturbations of h0 take it off zero, so
+# its numerical Jacobian comes from both ways. Packed: the reverse direction starts 9 of the 10
+# rows at its step 0, the last one a step later from h0.
 @pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"] is True and not c["cells"]],
                          ids=case_id)
 def test_gradcheck_zero_h0(case, steps):
     sizes = (10, 10, 9, 9)[:steps] if case["packed"] else (10,) * steps
-    check_gradients(layer_args(**case, batch_sizes=sizes, zero_h0=True))
+    check_gradients(layer_args(**case, batch_sizes=sizes, zero_h0=True, hidden=9, proj_size=8))
 
 
 def check_gradients(args):

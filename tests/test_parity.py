@@ -336,17 +336,19 @@ def test_large_weight_in_place(steps, batch):
 
 
 # Processing step 0's recurrent products are left out where h0 is zeros (csrc/sequence.h:
-# first_state_zero; from 8 rows on the CPU): hx=None or zeros given (then also dh_0), against
-# a random hx; one step (no recurrent product at all) and three; the reverse direction of a
-# packed batch starts 9 of its 12 rows at its step 0 (T - 1), the others later from h0.
+# first_state_zero; on the CPU from 8 rows forward, a state of 8 units backward: hence 12 rows,
+# H 10, P 9 here): hx=None or zeros given (then also dh_0), against a random hx; one step (no
+# recurrent product at all) and three; the reverse direction of a packed batch starts 9 of its
+# 12 rows at its step 0 (T - 1), the others later from h0.
+ZERO_STATE_H, ZERO_STATE_CONFIGS = 10, [(m, 0) for m in MODES] + [("LSTM", 9)]
 @pytest.mark.parametrize("hx", ["none", "zeros", "random"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("layout", ["padded", "packed_bidirectional", "batch_first"])
-@pytest.mark.parametrize("mode,proj", CONFIGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("mode,proj", ZERO_STATE_CONFIGS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
     batch, bidirectional = 12, layout == "packed_bidirectional"
-    ref, fused = make_pair(mode, I, H, num_layers=2, bidirectional=bidirectional,
+    ref, fused = make_pair(mode, I, ZERO_STATE_H, num_layers=2, bidirectional=bidirectional,
                            batch_first=layout == "batch_first", dtype=dtype,
                            **({"proj_size": proj} if proj else {}))
     dims = (batch, steps, I) if layout == "batch_first" else (steps, batch, I)
@@ -355,8 +357,10 @@ def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
     leaves, state = [x], None
     if hx != "none":
         make = torch.zeros if hx == "zeros" else torch.randn
+        dirs = 2 if bidirectional else 1
+        shapes = [(2 * dirs, batch, proj or ZERO_STATE_H), (2 * dirs, batch, ZERO_STATE_H)]
         hs = [make(*s, dtype=dtype).requires_grad_()
-              for s in _state_shapes(mode, 2, 2 if bidirectional else 1, (batch,), proj)]
+              for s in shapes[:2 if mode == "LSTM" else 1]]
         leaves += hs
         state = tuple(hs) if mode == "LSTM" else hs[0]
 
@@ -376,13 +380,13 @@ def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_zero_initial_state_keeps_nans(mode, steps, where):
-    ref, fused = make_pair(mode, I, H, dtype=torch.float32)
+    ref, fused = make_pair(mode, I, ZERO_STATE_H, dtype=torch.float32)
     if where == "w_hh":
         with torch.no_grad():
             for m in (ref, fused):
                 m.weight_hh_l0[1, 2] = float("inf")
     x = torch.randn(steps, 12, I)
-    grad_out = torch.randn(steps, 12, H)
+    grad_out = torch.randn(steps, 12, ZERO_STATE_H)
     if where == "first_step_grad":
         grad_out[0, 3] = float("inf")
     results = []

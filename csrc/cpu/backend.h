@@ -1048,11 +1048,19 @@ struct CPUBackend {
     return false;
   }
 
-  // first_state_zero (sequence.h): its scans read h0's rows and the other factor once each,
-  // where the product they may leave out makes a multiply-add per element of the other factor
-  // and row; from 8 rows they cost a fraction of it.
+  // first_state_zero (sequence.h): its scan reads the other factor once (`bytes`), where the
+  // product it may leave out makes `reuse` multiply-adds per element. From 8 that pays where the
+  // factor is in cache; one over 1 MB may come from memory, where a scan of W_hh costs about what
+  // a step's product over 8-16 rows does (LSTM T 50, B 8, I = H = 1024 was 6% slower forward
+  // with it), so there from 64, or at T = 1 (W_hh's only use: its packing is left out too).
   static constexpr bool kZeroFirstState = true;
-  static constexpr int64_t kZeroStateMinRows = 8;
+  static constexpr int64_t kZeroStateMinReuse = 8;
+  static constexpr int64_t kZeroStateCachedBytes = 1 << 20;
+  static constexpr int64_t kZeroStateMemoryReuse = 64;
+  static bool zero_state_pays(int64_t reuse, int64_t steps, int64_t bytes) {
+    return reuse >= kZeroStateMinReuse &&
+           (steps == 1 || bytes <= kZeroStateCachedBytes || reuse >= kZeroStateMemoryReuse);
+  }
   // Whether p[0, n) are all zeros (either sign), stopping at the first row-sized run that is not.
   template <class scalar_t>
   static bool all_zero(const scalar_t* p, int64_t n) {
