@@ -196,6 +196,17 @@ HeldWeight<scalar_t> hold_weight(const at::Tensor& w, int64_t block, int64_t row
   return {std::move(data), std::move(packed), w.size(0), w.size(1), block, roll};
 }
 
+// The recurrent weight as hold_weight holds it for a loop's per-step products, one per step
+// over the step's rows, except processing step 0's where `skip_first` (its `rows0` rows make
+// none): an empty one where no step makes any (T = 1).
+template <class Backend, class scalar_t>
+HeldWeight<scalar_t> hold_recurrent(const at::Tensor& w, int64_t block, const Schedule& s,
+                                    int64_t rows0, bool skip_first, int64_t roll = 0) {
+  if (skip_first && s.T == 1) return {};
+  return hold_weight<Backend, scalar_t>(w, block, s.N - (skip_first ? rows0 : 0),
+                                        s.T - (skip_first ? 1 : 0), roll);
+}
+
 // The products outside the loop as ATen calls (cuBLAS, or the CPU's BLAS for large layers).
 // x / inputs: the layer's input ([T, B, I], possibly a view, or packed [N, I]) or an [N, K]
 // matrix; dgates [N, G] may be a column block of a wider matrix.
@@ -715,10 +726,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
   const HeldWeight<scalar_t> w_hh_t =
-      zero_h0 && s.T == 1 ? HeldWeight<scalar_t>{}  // (no product reads it)
-                          : hold_weight<Backend, scalar_t>(a.w_hh.t(), d.H,
-                                                           s.N - (zero_h0 ? rows0 : 0),
-                                                           s.T - (zero_h0 ? 1 : 0));
+      hold_recurrent<Backend, scalar_t>(a.w_hh.t(), d.H, s, rows0, zero_h0);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -869,10 +877,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   const int64_t t0 = s.N > 0 ? s.step(0, a.reverse) : 0, rows0 = s.N > 0 ? s.rows[t0] : 0;
   if (s.N > 0) {
     const HeldWeight<scalar_t> w_hh =
-        !hx_grad && s.T == 1 ? HeldWeight<scalar_t>{}  // (no product reads it)
-                             : hold_weight<Backend, scalar_t>(a.w_hh, d.P,
-                                                              s.N - (hx_grad ? 0 : rows0),
-                                                              s.T - (hx_grad ? 0 : 1), roll);
+        hold_recurrent<Backend, scalar_t>(a.w_hh, d.P, s, rows0, !hx_grad, roll);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,

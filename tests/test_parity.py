@@ -21,10 +21,10 @@ CONFIGS = [
 INPUTS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
 
 
-def _state_shapes(mode, layers, dirs, batch, proj):
-    state = proj or H
+def _state_shapes(mode, layers, dirs, batch, proj, hidden=H):
+    state = proj or hidden
     if mode == "LSTM":
-        return [(layers * dirs, *batch, state), (layers * dirs, *batch, H)]
+        return [(layers * dirs, *batch, state), (layers * dirs, *batch, hidden)]
     return [(layers * dirs, *batch, state)]
 
 
@@ -341,6 +341,8 @@ def test_large_weight_in_place(steps, batch):
 # recurrent product at all) and three; the reverse direction of a packed batch starts 9 of its
 # 12 rows at its step 0 (T - 1), the others later from h0.
 ZERO_STATE_H, ZERO_STATE_CONFIGS = 10, [(m, 0) for m in MODES] + [("LSTM", 9)]
+
+
 @pytest.mark.parametrize("hx", ["none", "zeros", "random"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("layout", ["padded", "packed_bidirectional", "batch_first"])
@@ -357,10 +359,9 @@ def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
     leaves, state = [x], None
     if hx != "none":
         make = torch.zeros if hx == "zeros" else torch.randn
-        dirs = 2 if bidirectional else 1
-        shapes = [(2 * dirs, batch, proj or ZERO_STATE_H), (2 * dirs, batch, ZERO_STATE_H)]
         hs = [make(*s, dtype=dtype).requires_grad_()
-              for s in shapes[:2 if mode == "LSTM" else 1]]
+              for s in _state_shapes(mode, 2, 2 if bidirectional else 1, (batch,), proj,
+                                     ZERO_STATE_H)]
         leaves += hs
         state = tuple(hs) if mode == "LSTM" else hs[0]
 
