@@ -86,6 +86,24 @@ def test_buffer_pool_reuses_and_releases():
     torch.testing.assert_close(step(), model(x)[0])  # and it runs on after
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_copies_pooled(dtype):
+    """fp16/bf16 on the CPU run on fp32 copies (csrc/cpu/rnn_cpu.cpp): those of the weights come
+    from the buffer pool and go back to it, so the next call (a decoder's next step) reuses them
+    instead of faulting in fresh pages."""
+    model = fused_rnn.LSTM(256, 512, dtype=dtype)
+    x = torch.randn(1, 1, 256, dtype=dtype)
+    fused_rnn.empty_cache()
+    with torch.no_grad():
+        model(x)
+    cached = fused_rnn.cached_bytes()
+    assert cached >= 4 * (model.weight_ih_l0.numel() + model.weight_hh_l0.numel())
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    assert fused_rnn.cached_bytes() == cached  # the same blocks again
+
+
 def test_buffer_pool_across_threads():
     """Buffers allocated on one thread and freed on another (autograd's, a DataLoader's)."""
     model = fused_rnn.GRU(32, 64)

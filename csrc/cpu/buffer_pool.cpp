@@ -50,7 +50,9 @@ void BufferPool::give_back(void* block) {
   {
     std::lock_guard<std::mutex> lock(pool.mutex_);
     if (pool.cached_ + b->bytes <= kMaxCachedBytes) {
-      pool.free_.emplace(b->bytes, b->data);
+      // First among the blocks of its size: the next request takes the most recently freed,
+      // whose lines may still be in cache.
+      pool.free_.emplace_hint(pool.free_.lower_bound(b->bytes), b->bytes, b->data);
       pool.cached_ += b->bytes;
       cached = true;
     }
