@@ -20,8 +20,9 @@ bool computes_in_fp32(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
 }
 // `t` in `dtype`, a contiguous one's copy on the buffer pool: the weights' fp32 copies and the
-// results' are megabytes, whose pages from glibc faulted on every call (bf16 LSTM at T 1, B 1,
-// I 256, H 512: a sixth of the forward's time in page faults).
+// results' are megabytes, whose pages from glibc faulted on some calls and not others, by the
+// heap's state (a bf16 GRU at T 1, B 8, H 512: forward 1.0-3.3 ms in one process, 0.35 in
+// another; ~10% of a bf16 LSTM's at T 1, B 1, H 512 in page faults).
 at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
   if (t.scalar_type() == dtype || !t.is_contiguous()) return t.to(dtype);
   return pooled_empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
