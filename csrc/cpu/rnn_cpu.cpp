@@ -6,7 +6,6 @@
 
 #include "../sequence.h"
 #include "backend.h"
-#include "buffer_pool.h"
 
 namespace fused_rnn {
 namespace {
@@ -19,13 +18,13 @@ namespace {
 bool computes_in_fp32(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
 }
-// `t` in `dtype`, a contiguous one's copy on the buffer pool: the weights' fp32 copies and the
-// results' are megabytes, whose pages from glibc faulted on some calls and not others, by the
-// heap's state (a bf16 GRU at T 1, B 8, H 512: forward 1.0-3.3 ms in one process, 0.35 in
-// another; ~10% of a bf16 LSTM's at T 1, B 1, H 512 in page faults).
+// `t` in `dtype`, a contiguous one's copy in a CPUBackend::empty buffer (the pool): the
+// weights' fp32 copies and the results' are megabytes, whose pages from glibc faulted on some
+// calls and not others, by the heap's state (a bf16 GRU at T 1, B 8, H 512: forward 1.0-3.3 ms
+// in one process, 0.35 in another; ~10% of a bf16 LSTM's at T 1, B 1, H 512 in page faults).
 at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
   if (t.scalar_type() == dtype || !t.is_contiguous()) return t.to(dtype);
-  return pooled_empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
+  return CPUBackend::empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
 }
 at::Tensor fp32(const at::Tensor& t) {  // (not batch_sizes, int64)
   return t.defined() && t.is_floating_point() ? converted(t, at::kFloat) : t;
