@@ -10,10 +10,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fused_rnn")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="fused_rnn vs torch.nn on the seed models' shapes")
-    bench.add_argument("--shapes", default="default",
+    bench.add_argument("--shapes", default=None,
                        help="comma-separated shape names or sets (default, seeds, packed, gru, "
-                            "decoder, large, sweep, sweep_batch, sweep_hidden, sweep_T); see "
-                            "fused_rnn.bench.SHAPES")
+                            "decoder, large, sweep, sweep_batch, sweep_hidden, sweep_T), or none; "
+                            "see fused_rnn.bench.SHAPES (default: default, or none where --shape "
+                            "is given)")
+    bench.add_argument("--shape", action="append", default=[], metavar="SPEC",
+                       help="a shape of your own, repeatable: MODE:T,B,I,H[,layers=N]"
+                            "[,bidirectional][,packed][,min_len=N][,batch_first], MODE one of "
+                            "LSTM, GRU, RNN_TANH, RNN_RELU (e.g. GRU:100,8,64,64,layers=2)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", default="float32",
                        choices=["float32", "float64", "bfloat16", "float16"],
@@ -68,8 +73,11 @@ def main(argv=None):
         print("--device cuda: no CUDA device is available here", file=sys.stderr)
         return 2
     report = {}
-    if args.shapes != "none":
-        report = engine.run(engine.select(args.shapes), args.device, repeats=args.repeats,
+    names = args.shapes or ("none" if args.shape else "default")
+    shapes = ([] if names == "none" else engine.select(names))
+    shapes += [engine.parse_shape(spec) for spec in args.shape]
+    if shapes:
+        report = engine.run(shapes, args.device, repeats=args.repeats,
                             progress=not args.no_progress, check=not args.no_check,
                             dtype=args.dtype)
         print(engine.format_table(report))

@@ -134,6 +134,47 @@ def select(names_or_sets: str | None):
     return chosen
 
 
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_FLAGS = ("bidirectional", "packed", "batch_first")
+_INTS = ("layers", "min_len")
+
+
+def parse_shape(spec: str) -> Shape:
+    """A shape of the user's own, `MODE:T,B,I,H[,layers=N][,bidirectional][,packed][,min_len=N]
+    [,batch_first]` (MODE one of MODES, or RNN for RNN_TANH), e.g.
+    `GRU:100,8,64,64,layers=2,bidirectional`: what `--shape` on the command line takes."""
+    usage = (f"bad --shape {spec!r}: expected MODE:T,B,I,H[,layers=N][,bidirectional][,packed]"
+             f"[,min_len=N][,batch_first] with MODE one of {', '.join(MODES)}")
+    mode, sep, rest = spec.partition(":")
+    mode = mode.strip().upper()
+    mode = "RNN_TANH" if mode == "RNN" else mode
+    parts = [p.strip() for p in rest.split(",") if p.strip()]
+    if not sep or mode not in MODES or len(parts) < 4:
+        raise SystemExit(usage)
+    try:
+        T, B, I, H = (int(p) for p in parts[:4])
+        options = {}
+        for part in parts[4:]:
+            key, eq, value = part.partition("=")
+            if key in _FLAGS and not eq:
+                options[key] = True
+            elif key in _INTS and eq:
+                options[key] = int(value)
+            else:
+                raise ValueError(part)
+    except ValueError:
+        raise SystemExit(usage) from None
+    if min(T, B, I, H, options.get("layers", 1), options.get("min_len", 1)) < 1:
+        raise SystemExit(f"bad --shape {spec!r}: T, B, I, H, layers and min_len must be >= 1")
+    if options.get("min_len", 1) > T:
+        raise SystemExit(f"bad --shape {spec!r}: min_len must be <= T")
+    name = f"{mode.lower()}_{T}x{B}x{I}x{H}"
+    name += "".join(f"_{k}{v}" for k, v in options.items() if k in _INTS)
+    name += "".join({"bidirectional": "_bi", "packed": "_packed", "batch_first": "_bf"}[k]
+                    for k in _FLAGS if options.get(k))
+    return Shape(name, mode, T, B, I, H, sets=("custom",), note=f"--shape {spec}", **options)
+
+
 def build(shape: Shape, device, dtype=torch.float32, seed=0):
     """(torch.nn module, fused module with the same weights, function making the input)."""
     cls = {"LSTM": "LSTM", "GRU": "GRU"}.get(shape.mode, "RNN")

@@ -107,3 +107,43 @@ def test_sweep_shapes_and_plot(tmp_path):
     report = json.loads((tmp_path / "s.json").read_text())
     assert {r["shape"]["sweep"] for r in report["results"]} == {"", "batch"}
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parse_shape():
+    """--shape's spec: the mode, T,B,I,H, then options; the name says them all."""
+    s = bench.parse_shape("gru:100,8,64,32,layers=2,bidirectional,packed,min_len=10,batch_first")
+    assert (s.mode, s.T, s.B, s.I, s.H, s.layers, s.bidirectional, s.packed, s.min_len,
+            s.batch_first) == ("GRU", 100, 8, 64, 32, 2, True, True, 10, True)
+    assert s.name == "gru_100x8x64x32_layers2_min_len10_bi_packed_bf" and s.sets == ("custom",)
+    assert min(s.lengths()) >= 10 and max(s.lengths()) <= 100
+    plain = bench.parse_shape("RNN:5,1,2,3")
+    assert (plain.mode, plain.layers, plain.bidirectional, plain.packed) == ("RNN_TANH", 1,
+                                                                             False, False)
+    assert bench.parse_shape("RNN_RELU:5,1,2,3").mode == "RNN_RELU"
+
+
+@pytest.mark.parametrize("spec", ["LSTM", "LSTM:1,2,3", "CNN:1,2,3,4", "LSTM:1,2,x,4",
+                                  "LSTM:1,2,3,4,layers", "LSTM:1,2,3,4,bidirectional=1",
+                                  "LSTM:1,2,3,4,heads=2", "LSTM:0,2,3,4", "LSTM:5,2,3,4,min_len=6",
+                                  "LSTM:1,2,3,4,layers=0"])
+def test_parse_shape_errors(spec):
+    with pytest.raises(SystemExit, match="bad --shape"):
+        bench.parse_shape(spec)
+
+
+def test_bench_custom_shapes(tmp_path):
+    """--shape alone runs only the user's shapes (parity check included); with --shapes, both."""
+    out = run("bench", "--shape", "GRU:4,3,5,6,layers=2,bidirectional", "--shape",
+              "RNN_RELU:7,2,3,4,packed", "--repeats", "1", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == ["gru_4x3x5x6_layers2_bi", "rnn_relu_7x2x3x4_packed"]
+    assert all(r["parity_max_rel_diff"] < 1e-10 for r in report["results"])
+    assert "| gru_4x3x5x6_layers2_bi | 4,3,5,6 x2L bi |" in out.stdout
+    both = run("bench", "--shapes", "char_rnn", "--shape", "LSTM:3,2,2,2", "--repeats", "1",
+               "--no-check")
+    assert both.returncode == 0, both.stderr
+    assert "| char_rnn |" in both.stdout and "| lstm_3x2x2x2 |" in both.stdout
+    bad = run("bench", "--shape", "LSTM:3,2")
+    assert bad.returncode != 0 and "bad --shape 'LSTM:3,2'" in bad.stderr
