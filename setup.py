@@ -72,7 +72,7 @@ def find_cublas(cuda_home):
 
 
 def cpu_simd_flags():
-    """AVX2+FMA for the CPU kernels (at::vec lanes of 8 floats) when the building machine has
+    """AVX2+FMA+F16C for the CPU kernels (at::vec lanes of 8 floats) when the building machine has
     them, as -march=native would; FUSED_RNN_NO_AVX2=1 builds generic x86-64 code instead.
     fused_rnn refuses to load an AVX2 build on a CPU without AVX2 (fused_rnn/_ops.py)."""
     if os.environ.get("FUSED_RNN_NO_AVX2", "0") not in ("", "0"):
@@ -83,8 +83,8 @@ def cpu_simd_flags():
                           if line.startswith("flags")), [])
     except OSError:
         flags = []
-    if "avx2" in flags and "fma" in flags:
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], True
+    if all(flag in flags for flag in ("avx2", "fma", "f16c")):  # (every AVX2 CPU has F16C)
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], True
     return [], False
 
 

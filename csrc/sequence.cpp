@@ -199,8 +199,17 @@ std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a) {
   };
   same(a.hx, "hx");
   if (a.mode == Mode::LSTM) same(*a.cx, "cx");
-  same(a.w_ih, "weight_ih");
-  same(a.w_hh, "weight_hh");
+  auto same_weight = [&](const at::Tensor& w, const char* name) {
+    const bool half = w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16;
+    if (a.half_weights && half && x.scalar_type() == at::kFloat) {
+      TORCH_CHECK(w.device() == x.device(), "fused_rnn: ", name, " is on ", w.device(),
+                  " but input is on ", x.device());
+      return;
+    }
+    same(w, name);
+  };
+  same_weight(a.w_ih, "weight_ih");
+  same_weight(a.w_hh, "weight_hh");
   if (a.b_ih) {
     same(*a.b_ih, "bias_ih");
     TORCH_CHECK(a.b_ih->dim() == 1 && a.b_ih->size(0) == d.G, "fused_rnn: bias_ih must be [", d.G, "]");

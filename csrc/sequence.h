@@ -157,6 +157,8 @@ struct RowBlocks {
 // `roll`: 0, or (CPU, unpacked, row-major) `data` holds the rows of the weight that the
 // products mean rolled back by `roll` (their row k is data's row (k - roll) mod K, as
 // torch.roll(data, roll, 0) would place it): GRU's W_hh, read in place by the backward.
+// `half`: null, or (CPU, kHalfWeights) in place of `data` with `ldt`, a fp32 layer's weight in
+// fp16 or bf16 (`half_type`) as the fp16/bf16 forward pass keeps it.
 template <class scalar_t>
 struct Weight {
   const scalar_t* data;
@@ -164,6 +166,8 @@ struct Weight {
   int64_t K, N, block;
   int64_t ldt = 0;
   int64_t roll = 0;
+  const void* half = nullptr;
+  c10::ScalarType half_type = c10::ScalarType::Undefined;
 };
 
 // A weight [K, N] (any strides) held for one call as the products read it: the backend's
@@ -173,11 +177,19 @@ struct HeldWeight {
   at::Tensor data, packed;
   int64_t K = 0, N = 0, block = 0, roll = 0;
   Weight<scalar_t> view() const {
-    // A transposed view that the backend kept as it is (row_major).
+    // A transposed view that the backend kept as it is (row_major), possibly in fp16 / bf16.
     const bool transposed = data.defined() && data.stride(0) == 1 && data.stride(1) != 1;
-    return {data.defined() ? data.const_data_ptr<scalar_t>() : nullptr,
-            packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr, K, N, block,
-            transposed ? data.stride(1) : 0, data.defined() ? roll : 0};
+    const bool half =
+        data.defined() && data.scalar_type() != c10::CppTypeToScalarType<scalar_t>::value;
+    return {data.defined() && !half ? data.const_data_ptr<scalar_t>() : nullptr,
+            packed.defined() ? packed.const_data_ptr<scalar_t>() : nullptr,
+            K,
+            N,
+            block,
+            transposed ? data.stride(1) : 0,
+            data.defined() ? roll : 0,
+            half ? data.const_data_ptr() : nullptr,
+            half ? data.scalar_type() : c10::ScalarType::Undefined};
   }
 };
 
@@ -251,9 +263,10 @@ at::Tensor weight_gradient(const at::Tensor& dgates, const at::Tensor& inputs, i
 // gradients backward), is finite. `reuse`: the multiply-adds of the product left out per
 // element of m (forward: the rows; backward: P); `steps`: T. A whole step of products for two
 // scans: at T = 1, B = 256, I = H = 256 (hx=None) the forward does half the multiply-adds
-// torch.nn's does, the backward two thirds.
-template <class Backend, class scalar_t>
-bool first_state_zero(int64_t rows, const scalar_t* h0, int64_t P, const scalar_t* m,
+// torch.nn's does, the backward two thirds. (m_t: scalar_t, or a fp16 / bf16 weight of a fp32
+// layer, kHalfWeights.)
+template <class Backend, class scalar_t, class m_t = scalar_t>
+bool first_state_zero(int64_t rows, const scalar_t* h0, int64_t P, const m_t* m,
                       int64_t m_rows, int64_t m_cols, int64_t ld, int64_t reuse, int64_t steps) {
   if constexpr (Backend::kZeroFirstState) {
     return Backend::zero_state_pays(reuse, steps, m_rows * m_cols * int64_t(sizeof(scalar_t))) &&
@@ -699,7 +712,21 @@ struct ForwardArgs {
   // `input` is the time-major view of a [B, T, I] tensor, whose gradient is to come back
   // [B, T, I] (contiguous, as the op's fake kernel says).
   bool input_batch_first = false;
+  // w_ih and w_hh may be fp16 or bf16 where everything else is fp32 (a backend with
+  // kHalfWeights, forward: its fp16/bf16 layers, whose products read the weights in place).
+  bool half_weights = false;
 };
+
+// fn(w's elements): as scalar_t, or where the backend reads fp16 / bf16 weights of a fp32
+// layer (kHalfWeights, ForwardArgs::half_weights) and w is one, as c10::Half / c10::BFloat16.
+template <class Backend, class scalar_t, class Fn>
+auto with_weight_data(const at::Tensor& w, const Fn& fn) {
+  if constexpr (Backend::kHalfWeights && std::is_same_v<scalar_t, float>) {
+    if (w.scalar_type() == at::kHalf) return fn(w.const_data_ptr<c10::Half>());
+    if (w.scalar_type() == at::kBFloat16) return fn(w.const_data_ptr<c10::BFloat16>());
+  }
+  return fn(w.const_data_ptr<scalar_t>());
+}
 
 // Checks shared by forward and backward; returns the schedule and sizes.
 std::tuple<Schedule, LayerDims> check_layer_args(const ForwardArgs& a);
@@ -718,9 +745,10 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   const int64_t rows0 = s.N > 0 ? s.rows[s.step(0, a.reverse)] : 0;  // processing step 0's
   const bool zero_h0 =
       s.N > 0 && a.w_hh.is_contiguous() &&
-      first_state_zero<Backend, scalar_t>(rows0, h_state.const_data_ptr<scalar_t>(), d.P,
-                                          a.w_hh.const_data_ptr<scalar_t>(), d.G, d.P, d.P,
-                                          rows0, s.T);
+      with_weight_data<Backend, scalar_t>(a.w_hh, [&](const auto* w_hh) {
+        return first_state_zero<Backend, scalar_t>(rows0, h_state.const_data_ptr<scalar_t>(),
+                                                   d.P, w_hh, d.G, d.P, d.P, rows0, s.T);
+      });
   // The recurrent weights transposed once per call, so that every per-step GEMM is A B with
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
@@ -969,6 +997,20 @@ at::Tensor time_major(const at::Tensor& input, const c10::optional<at::Tensor>& 
 //   Backend::dispatch(dtype, fn) calls fn(static_cast<scalar_t*>(nullptr));
 //   Backend::DeviceGuard(device) makes the input's device current for the call.
 template <class Backend>
+ForwardResult run_forward(const ForwardArgs& a) {
+  typename Backend::DeviceGuard guard(a.input.device());
+  // The ATen calls inside run in the given dtypes: autocast (if on) already applied, or not,
+  // at the op's boundary.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  ForwardResult result;
+  Backend::dispatch(a.input.scalar_type(), [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    result = layer_forward<Backend, scalar_t>(a);
+  });
+  return result;
+}
+
+template <class Backend>
 ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
                           const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
@@ -977,18 +1019,9 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                           const c10::optional<at::Tensor>& w_hr, bool reverse, bool train,
                           bool cell_states, bool input_batch_first) {
   const at::Tensor x = time_major(input, batch_sizes, input_batch_first);
-  const ForwardArgs a{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, train, cell_states, input_batch_first};
-  typename Backend::DeviceGuard guard(input.device());
-  // The ATen calls inside run in the given dtypes: autocast (if on) already applied, or not,
-  // at the op's boundary.
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  ForwardResult result;
-  Backend::dispatch(input.scalar_type(), [&](auto* tag) {
-    using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    result = layer_forward<Backend, scalar_t>(a);
-  });
-  return result;
+  return run_forward<Backend>(ForwardArgs{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh,
+                                          b_ih, b_hh, w_hr, reverse, train, cell_states,
+                                          input_batch_first});
 }
 
 // rnn_backward (Consume = false) and rnn_backward_consume (true: the workspace is overwritten).

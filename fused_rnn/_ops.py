@@ -21,7 +21,7 @@ def _cpu_has_avx2() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split() for line in f if line.startswith("flags")), [])
-        return "avx2" in flags and "fma" in flags
+        return all(flag in flags for flag in ("avx2", "fma", "f16c"))
     except OSError:  # not Linux: ask torch (which an ATEN_CPU_CAPABILITY override can lower)
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
@@ -29,7 +29,7 @@ def _cpu_has_avx2() -> bool:
 if _build_info.CPU_AVX2 and not _cpu_has_avx2():
     raise ImportError(
         "fused_rnn was built with AVX2 CPU kernels (the building machine had AVX2) but this CPU "
-        "has no AVX2/FMA; rebuild here, or with FUSED_RNN_NO_AVX2=1 for generic code")
+        "has no AVX2/FMA/F16C; rebuild here, or with FUSED_RNN_NO_AVX2=1 for generic code")
 
 from . import _C  # noqa: F401,E402  (loading the library registers torch.ops.fused_rnn.*)
 

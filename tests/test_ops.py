@@ -107,6 +107,38 @@ def test_opcheck_low_precision_cpu(case, dtype):
                               (*args[:11], workspace.clone(), *grads))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("steps,batch,inputs,hidden,h0", [
+    (1, 1, 37, 96, "zeros"),  # one row: the weights read in place, W_hh's product left out
+    (3, 2, 37, 96, "random"),  # a few rows: W_hh read in place at every step; I's partial lane
+    (2, 40, 64, 64, "random"),  # 80 rows: packed from an fp32 copy
+    (1, 4, 300, 40, "nan"),  # zero h0 but a NaN in W_hh: 0 * NaN is NaN, the product stays
+])
+def test_low_precision_forward_weights_in_place(dtype, mode, steps, batch, inputs, hidden, h0):
+    """The CPU's fp16/bf16 forward keeps the weights as they are (CPUBackend::kHalfWeights, read
+    in place and widened in registers, or copied to fp32 where they are packed): its results are
+    exactly those of the fp32 kernels on the fp32 values of the same arguments, rounded."""
+    g = _ops.gates_of(mode) * hidden
+    args = [torch.randn(steps, batch, inputs), torch.randn(batch, hidden),
+            torch.randn(batch, hidden) if mode == "LSTM" else None,
+            torch.randn(g, inputs) * 0.1, torch.randn(g, hidden) * 0.1, torch.randn(g),
+            torch.randn(g)]
+    if h0 != "random":
+        args[1].zero_()
+    if h0 == "nan":
+        args[4][g // 2, hidden // 3] = float("nan")
+    half = [None if a is None else a.to(dtype) for a in args]
+    wide = [None if a is None else a.float() for a in half]
+    for train in (False, True):
+        got = torch.ops.fused_rnn.rnn_forward(mode, half[0], None, *half[1:], None, False, train)
+        want = torch.ops.fused_rnn.rnn_forward(mode, wide[0], None, *wide[1:], None, False, train)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == dtype
+            torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0, equal_nan=True)
+        assert got[0].isnan().any() == (h0 == "nan")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [c for c in CASES if c["bias"]], ids=case_id)
 def test_backward_ops_agree(case, device):

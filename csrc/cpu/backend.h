@@ -532,6 +532,26 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64
   small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
 }
 
+// A lane of floats from W consecutive fp16 / bf16 elements: bf16 is fp32's upper half (a shift),
+// fp16 F16C's conversion (every AVX2 CPU has it; setup.py builds with it).
+template <class H>
+FR_VEC_INLINE at::vec::Vectorized<float> half_lane(const H* q) {
+  static_assert(std::is_same_v<H, c10::Half> || std::is_same_v<H, c10::BFloat16>);
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  if constexpr (std::is_same_v<H, c10::BFloat16>) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  } else {
+    return _mm256_cvtph_ps(bits);
+  }
+#else
+  constexpr int64_t W = at::vec::Vectorized<float>::size();
+  float wide[W];
+  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(q[i]);
+  return at::vec::Vectorized<float>::loadu(wide);
+#endif
+}
+
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C, + bias) with B held transposed: column j of B
 // is row j of Bt (`ldbt` apart), contiguous along k, as torch stores a weight [G, K] of which
 // the forward pass takes x W^T. For products over a few rows (a batch-1 or T = 1 call), where
@@ -539,8 +559,10 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64
 // the product: this reads every row of Bt once per R rows of A, sequentially, and sums each dot
 // product along k in lanes. R rows x NC columns per pass: R * NC accumulators + NC rows of Bt
 // + a row of A in the 16 AVX registers (R = 4, NC = 3).
-template <int R, int NC, class T>
-void dot_block(int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T beta, T* C,
+// Bt's elements may be fp16 or bf16 (TB) where T is float: a fp16/bf16 layer's weights, read
+// where they are and widened in registers (half_lane), not copied to fp32 first.
+template <int R, int NC, class T, class TB = T>
+void dot_block(int64_t k, const T* A, int64_t lda, const TB* Bt, int64_t ldbt, T beta, T* C,
                int64_t ldc, const T* bias) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
@@ -564,10 +586,34 @@ void dot_block(int64_t k, const T* A, int64_t lda, const T* Bt, int64_t ldbt, T 
     }
   };
   int64_t p = 0;
-  for (; p + W <= k; p += W) step(p, [](const T* q) { return Vec::loadu(q); });
-  if (p < k) {
-    const LaneMask<T> lane(k - p);
-    step(p, [&](const T* q) { return lane.load(q); });
+  if constexpr (std::is_same_v<TB, T>) {
+    for (; p + W <= k; p += W) step(p, [](const T* q) { return Vec::loadu(q); });
+    if (p < k) {
+      const LaneMask<T> lane(k - p);
+      step(p, [&](const T* q) { return lane.load(q); });
+    }
+  } else {
+    // A's rows are T, Bt's TB: each load widens what it reads, the tail's through a buffer.
+    auto load = [](const auto* q) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(*q)>, T>) {
+        return Vec::loadu(q);
+      } else {
+        return half_lane(q);
+      }
+    };
+    for (; p + W <= k; p += W) step(p, load);
+    if (p < k) {
+      const LaneMask<T> lane(k - p);
+      step(p, [&](const auto* q) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(*q)>, T>) {
+          return lane.load(q);
+        } else {
+          T wide[W] = {};
+          for (int64_t i = 0; i < k - p; ++i) wide[i] = static_cast<T>(q[i]);
+          return Vec::loadu(wide);
+        }
+      });
+    }
   }
   FR_UNROLL_ROWS
   for (int r = 0; r < R; ++r) {
@@ -597,14 +643,14 @@ void column_blocks(int64_t n, const Fn& fn) {
 // step): more columns per pass, so that six or eight chains of multiply-adds hide the FMA
 // latency (three, with one row of R = 4, NC = 3: a third of the rate). More rows: columns in
 // blocks of three (whose rows of Bt stay in L1 while every row of A passes), then the rest.
-template <class T>
-void dot_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* Bt,
+template <class T, class TB = T>
+void dot_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const TB* Bt,
               int64_t ldbt, T beta, T* C, int64_t ldc, const T* bias = nullptr) {
   // Rows of A [r0, r0 + R) times the columns [j, j + NB).
   auto rows = [&](auto r, int64_t r0, int64_t j, auto cols) {
     constexpr int R = decltype(r)::value, NB = decltype(cols)::value;
-    dot_block<R, NB>(k, A + r0 * lda, lda, Bt + j * ldbt, ldbt, beta, C + r0 * ldc + j, ldc,
-                     bias ? bias + j : nullptr);
+    dot_block<R, NB, T, TB>(k, A + r0 * lda, lda, Bt + j * ldbt, ldbt, beta, C + r0 * ldc + j,
+                            ldc, bias ? bias + j : nullptr);
   };
   using One = std::integral_constant<int, 1>;
   using Two = std::integral_constant<int, 2>;
@@ -657,6 +703,34 @@ struct CPUBackend {
   // pool (buffer_pool.h): reused memory instead of freshly faulted pages on every call.
   static at::Tensor empty(c10::IntArrayRef sizes, const c10::TensorOptions& options) {
     return pooled_empty(sizes, options);
+  }
+
+  // fp16 and bf16 layers compute in fp32 on fp32 copies of their arguments (rnn_cpu.cpp), except
+  // the forward's weights: those stay as they are, and the products that read them in place
+  // (few rows: a decoder's step) widen them in registers. A bf16 GRU's step at B 1,
+  // I = H = 1024 read 12.6 MB of weights, where their fp32 copy wrote 25 MB and read it again.
+  static constexpr bool kHalfWeights = true;
+  template <class scalar_t>
+  static bool is_half_of(const at::Tensor& w) {
+    return std::is_same_v<scalar_t, float> &&
+           (w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16);
+  }
+  // `t` in `dtype`: a contiguous one's copy in an empty() buffer (the pool; the fp16/bf16
+  // arguments' fp32 copies and the results' are megabytes, whose pages from glibc faulted on
+  // some calls and not others, by the heap's state: a bf16 GRU at T 1, B 8, H 512 took 1.0-3.3
+  // ms forward in one process, 0.35 in another), a transposed view's as the same view of a
+  // copy of its transpose.
+  static at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
+    if (t.scalar_type() == dtype) return t;
+    if (t.dim() == 2 && transposed_view(t) && t.t().is_contiguous()) {
+      return converted(t.t(), dtype).t();
+    }
+    if (!t.is_contiguous()) return t.to(dtype);
+    return empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
+  }
+  template <class scalar_t>
+  static at::Tensor widened(const at::Tensor& w) {
+    return converted(w, c10::CppTypeToScalarType<scalar_t>::value);
   }
 
   // `t` with contiguous elements, as the loop reads it: itself if it is, else a copy made here
@@ -800,11 +874,18 @@ struct CPUBackend {
   // unpacked one is read where it is (gemm_weight), no rolled copy either way.
   static constexpr bool kRollInPlace = true;
   template <class scalar_t>
-  static at::Tensor pack_weight(const at::Tensor& weight, int64_t block, int64_t rows,
+  static at::Tensor pack_weight(const at::Tensor& given, int64_t block, int64_t rows,
                                 int64_t products, int64_t roll) {
     constexpr int64_t SW = strip_width<scalar_t>();
-    const int64_t K = weight.size(0), N = weight.size(1), blocks = N / block;
-    if (!large_weight(weight, sizeof(scalar_t))) return at::Tensor();
+    const int64_t K = given.size(0), N = given.size(1), blocks = N / block;
+    if (!large_weight(given, sizeof(scalar_t))) return at::Tensor();
+    // A fp16/bf16 weight (kHalfWeights): read where it is as a transposed view (dot_gemm), else
+    // packed from its fp32 copy. The decisions are the fp32 weight's (its element size).
+    const at::Tensor weight =
+        is_half_of<scalar_t>(given) &&
+                !(transposed_view(given) && read_in_place(given, sizeof(scalar_t), rows, products))
+            ? widened<scalar_t>(given)
+            : given;
     const bool transposed = transposed_view(weight);
     TORCH_INTERNAL_ASSERT(roll == 0 || !transposed);
     if (read_in_place(weight, sizeof(scalar_t), rows, products)) {
@@ -893,7 +974,9 @@ struct CPUBackend {
   // seventh of the char-RNN's).
   template <class scalar_t>
   static at::Tensor row_major(const at::Tensor& w) {
-    if (w.is_contiguous() || (transposed_view(w) && large_weight(w, sizeof(scalar_t)))) return w;
+    if (transposed_view(w) && large_weight(w, sizeof(scalar_t))) return w;
+    if (is_half_of<scalar_t>(w)) return widened<scalar_t>(w).contiguous();
+    if (w.is_contiguous()) return w;
     const int64_t K = w.size(0), N = w.size(1), s0 = w.stride(0), s1 = w.stride(1);
     at::Tensor out = at::empty({K, N}, w.options());
     const scalar_t* src = w.const_data_ptr<scalar_t>();
@@ -953,6 +1036,17 @@ struct CPUBackend {
                           const scalar_t* bias = nullptr) {
     if (m == 0 || c1 <= c0) return;
     const int64_t K = w.K;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (w.half) {  // fp16 / bf16, a transposed view read in place (pack_weight)
+        auto half = [&](const auto* data) {
+          dot_gemm(m, c1 - c0, K, A, lda, data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
+                   bias ? bias + c0 : nullptr);
+        };
+        TORCH_INTERNAL_ASSERT(w.ldt);
+        return w.half_type == at::kBFloat16 ? half(static_cast<const c10::BFloat16*>(w.half))
+                                            : half(static_cast<const c10::Half*>(w.half));
+      }
+    }
     if (w.ldt) {
       dot_gemm(m, c1 - c0, K, A, lda, w.data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
                bias ? bias + c0 : nullptr);
@@ -1087,9 +1181,19 @@ struct CPUBackend {
     }
     return true;
   }
-  // Whether the [rows, cols] elements (rows `ld` apart) are all finite.
+  // Whether the [rows, cols] elements (rows `ld` apart) are all finite. fp16 / bf16 (a weight
+  // read in place, kHalfWeights): whether no exponent field is all ones, on the bits.
   template <class scalar_t>
   static bool all_finite(const scalar_t* p, int64_t rows, int64_t cols, int64_t ld) {
+    if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+      constexpr uint16_t kExponent = std::is_same_v<scalar_t, c10::Half> ? 0x7C00 : 0x7F80;
+      const auto* bits = reinterpret_cast<const uint16_t*>(p);
+      int bad = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) bad |= (bits[r * ld + c] & kExponent) == kExponent;
+      }
+      return !bad;
+    }
     constexpr scalar_t kMax = std::numeric_limits<scalar_t>::max();
     int bad = 0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -1106,7 +1210,10 @@ struct CPUBackend {
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
     const auto rb = RowBlocks::of(x);
-    if (!rb) return aten_project_input(x, w_ih, bias, out);
+    if (!rb) {
+      return aten_project_input(x, is_half_of<scalar_t>(w_ih) ? widened<scalar_t>(w_ih) : w_ih,
+                                bias, out);
+    }
     const int64_t G = w_ih.size(0), N = out.size(0);
     const auto w_t = hold_weight<CPUBackend, scalar_t>(w_ih.t(), G, N, 1);
     rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, N, w_t.view(),

@@ -11,20 +11,16 @@ namespace fused_rnn {
 namespace {
 
 // fp16 and bf16 on the CPU, where torch.nn's RNNs run them too: the fp32 kernels on fp32 copies
-// of the arguments, every result rounded back to the input's dtype, the workspace included (so
-// the saved gates are in the input's dtype, as CUDA's kernels keep them, and the fake kernels'
-// dtypes hold; rnn_backward_consume overwrites the fp32 copy of it, which its contract allows).
-// fp32 math throughout, as on CUDA; torch.nn's CPU path rounds every intermediate op's result.
+// of the arguments (the forward's weights excepted: CPUBackend::kHalfWeights), every result
+// rounded back to the input's dtype, the workspace included (so the saved gates are in the
+// input's dtype, as CUDA's kernels keep them, and the fake kernels' dtypes hold;
+// rnn_backward_consume overwrites the fp32 copy of it, which its contract allows). fp32 math
+// throughout, as on CUDA; torch.nn's CPU path rounds every intermediate op's result.
 bool computes_in_fp32(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
 }
-// `t` in `dtype`, a contiguous one's copy in a CPUBackend::empty buffer (the pool): the
-// weights' fp32 copies and the results' are megabytes, whose pages from glibc faulted on some
-// calls and not others, by the heap's state (a bf16 GRU at T 1, B 8, H 512: forward 1.0-3.3 ms
-// in one process, 0.35 in another; ~10% of a bf16 LSTM's at T 1, B 1, H 512 in page faults).
 at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
-  if (t.scalar_type() == dtype || !t.is_contiguous()) return t.to(dtype);
-  return CPUBackend::empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
+  return CPUBackend::converted(t, dtype);
 }
 at::Tensor fp32(const at::Tensor& t) {  // (not batch_sizes, int64)
   return t.defined() && t.is_floating_point() ? converted(t, at::kFloat) : t;
@@ -38,26 +34,60 @@ const T& fp32(const T& other) {  // flags, the mode
   return other;
 }
 
+// The arguments' checks (dtypes and devices included) on the arguments as given.
+void check_given(c10::string_view mode, const at::Tensor& input,
+                 const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                 const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                 const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                 const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+                 bool reverse, bool batch_first) {
+  check_layer_args(ForwardArgs{parse_mode(mode), time_major(input, batch_sizes, batch_first),
+                               batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, true,
+                               false, batch_first});
+}
+
+template <class R>
+R in_dtype(R result, at::ScalarType dtype) {
+  return std::apply([&](const auto&... t) { return R{converted(t, dtype)...}; }, result);
+}
+
+// rnn_forward for any floating dtype: fp16 / bf16 with fp32 copies of all but the weights.
+ForwardResult forward(c10::string_view mode, const at::Tensor& input,
+                      const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                      const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                      const c10::optional<at::Tensor>& b_hh,
+                      const c10::optional<at::Tensor>& w_hr, bool reverse, bool train,
+                      bool cell_states, bool batch_first) {
+  if (!computes_in_fp32(input.scalar_type())) {
+    return rnn_forward<CPUBackend>(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                   w_hr, reverse, train, cell_states, batch_first);
+  }
+  check_given(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+              batch_first);
+  const at::Tensor x = time_major(fp32(input), batch_sizes, batch_first);
+  const at::Tensor h = fp32(hx);
+  const auto c = fp32(cx), bi = fp32(b_ih), bh = fp32(b_hh), hr = fp32(w_hr);
+  ForwardArgs a{parse_mode(mode), x, batch_sizes, h, c, w_ih, w_hh, bi, bh, hr, reverse, train,
+                cell_states, batch_first};
+  a.half_weights = true;
+  return in_dtype(run_forward<CPUBackend>(a), input.scalar_type());
+}
+
 template <class Sig, Sig* Kernel>
 struct StorageDtypes;
-// Kernel (rnn_forward, rnn_backward, rnn_backward_consume: the arguments of the layer first, in
-// ForwardArgs' order, input_batch_first last) for any floating dtype.
+// Kernel (rnn_backward, rnn_backward_consume: the arguments of the layer first, in ForwardArgs'
+// order, input_batch_first last) for any floating dtype.
 template <class R, class... Args, R (*Kernel)(Args...)>
 struct StorageDtypes<R(Args...), Kernel> {
   static R call(Args... args) {
     const auto all = std::forward_as_tuple(args...);
     const at::Tensor& input = std::get<1>(all);
     if (!computes_in_fp32(input.scalar_type())) return Kernel(args...);
-    // The arguments' checks (dtypes and devices included) on the arguments as given.
-    const bool batch_first = std::get<sizeof...(Args) - 1>(all);
-    const auto& batch_sizes = std::get<2>(all);
-    check_layer_args(ForwardArgs{parse_mode(std::get<0>(all)),
-                                 time_major(input, batch_sizes, batch_first), batch_sizes,
-                                 std::get<3>(all), std::get<4>(all), std::get<5>(all),
-                                 std::get<6>(all), std::get<7>(all), std::get<8>(all),
-                                 std::get<9>(all), std::get<10>(all), true, false, batch_first});
-    return std::apply([&](const auto&... t) { return R{converted(t, input.scalar_type())...}; },
-                      Kernel(fp32(args)...));
+    check_given(std::get<0>(all), input, std::get<2>(all), std::get<3>(all), std::get<4>(all),
+                std::get<5>(all), std::get<6>(all), std::get<7>(all), std::get<8>(all),
+                std::get<9>(all), std::get<10>(all), std::get<sizeof...(Args) - 1>(all));
+    return in_dtype(Kernel(fp32(args)...), input.scalar_type());
   }
 };
 template <auto Kernel>
@@ -67,7 +97,7 @@ constexpr auto in_storage_dtypes =
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("rnn_forward", in_storage_dtypes<&rnn_forward<CPUBackend>>);
+  m.impl("rnn_forward", &forward);
   m.impl("rnn_backward", in_storage_dtypes<&rnn_backward<CPUBackend>>);
   m.impl("rnn_backward_consume", in_storage_dtypes<&rnn_backward<CPUBackend, true>>);
 }

@@ -99,6 +99,7 @@ struct CUDABackend {
   // cuBLAS reads the recurrent weight as it is; GRU's backward gets W_hh's rows rolled in a
   // copy (hold_weight), which the block loop's kernels read like any weight.
   static constexpr bool kRollInPlace = false;
+  static constexpr bool kHalfWeights = false;  // fp16/bf16 layers are native here
   template <class scalar_t>
   static at::Tensor pack_weight(const at::Tensor&, int64_t, int64_t, int64_t, int64_t) {
     return at::Tensor();
