@@ -208,7 +208,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
 // (a gradient penalty; MAML's second order) does it run: it differentiates the layer again in
 // differentiable ATen ops (reference_layer, torch.nn's CPU speed): with v the gradients of the
 // first-order gradients g(θ, ḡ) (θ the layer's inputs and weights, ḡ the gradients of its
-// outputs), it returns d<g, v>/dθ and d<g, v>/dḡ.
+// outputs), it returns d<g, v>/dθ and d<g, v>/dḡ. Run with grad mode on itself (their own
+// create_graph=True), it records that computation, so derivatives of any order follow.
 // Edges and saved tensors: input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, grad_output, grad_hy,
 // grad_cy, grad_cell_states; inputs: the 8 first-order gradients.
 constexpr int kFirstOrder = 8;
@@ -243,12 +244,21 @@ struct RNNLayerDoubleBackward : public torch::autograd::Node {
     }
     variable_list result(kSecondOrderEdges);
     if (!any_first || !any_wanted) return result;
-    // Fresh leaves of the saved tensors (the derivatives are this node's; the engine passes them
-    // on along its edges), requiring gradients only where one is asked for.
+    // The derivatives are this node's own, partial ones (the engine passes them on along its
+    // edges): taken with respect to stand-ins of the saved tensors, never through their history
+    // (the output gradients are functions of the weights too, say). Without grad mode the
+    // stand-ins are fresh leaves, requiring gradients only where one is asked for. With it
+    // (create_graph=True here: a third-order derivative to come) the results need their own
+    // graph back to what they are functions of: a tensor with history stands in as a view of
+    // itself (its own node, downstream of that history), and the computation below, the
+    // incoming vs included, is recorded.
+    const bool higher = c10::GradMode::is_enabled();
     std::array<at::Tensor, kSecondOrderEdges> leaves;
     for (int k = 0; k < kSecondOrderEdges; ++k) {
       const at::Tensor t = saved[k].unpack(self);
-      if (t.defined()) leaves[k] = t.detach().requires_grad_(first[k] || wanted[k]);
+      if (!t.defined()) continue;
+      const bool needed = first[k] || wanted[k];
+      leaves[k] = higher && t.requires_grad() ? t.view_as(t) : t.detach().requires_grad_(needed);
     }
     const auto& [x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, g_out, g_hy, g_cy, g_cells] = leaves;
     {
@@ -290,21 +300,11 @@ struct RNNLayerDoubleBackward : public torch::autograd::Node {
       }
       if (used.empty() || targets.empty()) return result;
       const variable_list second = torch::autograd::grad(used, targets, used_weights,
-                                                         /*retain_graph=*/false,
-                                                         /*create_graph=*/false,
+                                                         /*retain_graph=*/higher,
+                                                         /*create_graph=*/higher,
                                                          /*allow_unused=*/true);
       for (int k = 0, p = 0; k < kSecondOrderEdges; ++k) {
         if (wanted[k] && leaves[k].defined()) result[k] = second[p++];
-      }
-    }
-    // Third order would need this computation's own graph, on the fresh leaves above: refused
-    // rather than silently detached.
-    if (c10::GradMode::is_enabled()) {
-      auto error = make_node<torch::autograd::Error>(
-          "fused_rnn: third-order derivatives through an RNN are not supported",
-          torch::autograd::collect_next_edges(vs));
-      for (at::Tensor& t : result) {
-        if (t.defined()) torch::autograd::set_history(t, error);
       }
     }
     return result;

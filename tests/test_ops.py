@@ -354,13 +354,24 @@ def test_gradgradcheck(case, device):
     assert torch.autograd.gradgradcheck(fn, [args[i] for i in tensors], atol=1e-6, rtol=1e-5)
 
 
-def test_third_order_raises():
-    args = layer_args("GRU")
-    output, *_ = _ops.rnn_layer(*args[:10], train=True)
-    g, = torch.autograd.grad(output.square().sum(), args[5], create_graph=True)
-    gg, = torch.autograd.grad(g.square().sum(), args[5], create_graph=True)
-    with pytest.raises(RuntimeError, match="third-order"):
-        gg.sum().backward()
+@pytest.mark.parametrize("mode", MODES)
+def test_third_order_gradgradcheck(mode):
+    """fp64 gradgradcheck of the layer op's gradients taken with create_graph=True: the third
+    derivatives (the double backward's results have a graph of their own, RNNLayerDoubleBackward)
+    against finite differences."""
+    args = layer_args(mode)
+    tensors = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+
+    def gradients(*ts):
+        full = list(args)
+        for i, t in zip(tensors, ts):
+            full[i] = t
+        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*full)
+        loss = output.sin().sum() + hy.square().sum() + (cy.square().sum() if cy.numel() else 0)
+        return torch.autograd.grad(loss, ts, create_graph=True)
+
+    assert torch.autograd.gradgradcheck(gradients, [args[i] for i in tensors], atol=1e-6,
+                                        rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -166,6 +166,45 @@ def test_double_backward_like_torch(mode, proj, kind, x_grad):
         torch.testing.assert_close(b, a, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("kind", ["padded", "batch_first", "packed", "hx"])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_third_and_fourth_order_like_torch(mode, proj, kind):
+    """Derivatives of order 3 and 4 through a 2-layer bidirectional model (a gradient penalty's
+    gradients differentiated twice more) equal torch.nn's: with and without given (h0, c0) that
+    need gradients too."""
+    ref, fused = make_pair(mode, I, H, num_layers=2, bidirectional=True,
+                           batch_first=kind == "batch_first",
+                           **({"proj_size": proj} if proj else {}))
+    x = torch.randn(B, T, I, dtype=torch.float64)  # time-major: T = B rows, B = T steps
+    states = [torch.randn(4, T, proj or H, dtype=torch.float64),
+              torch.randn(4, T, H, dtype=torch.float64)][:2 if mode == "LSTM" else 1]
+    results = []
+    for model in (ref, fused):
+        leaf = x.clone().requires_grad_()
+        inp = leaf
+        if kind == "packed":
+            inp = pack_padded_sequence(leaf, [3, 1, 4, 2, 4, 1, 2], enforce_sorted=False)
+        wrt = [leaf] + list(model.parameters())
+        hx = ()
+        if kind == "hx":
+            given = [s.clone().requires_grad_() for s in states]
+            wrt += given
+            hx = (tuple(given) if mode == "LSTM" else given[0],)
+        tensors = flatten(model(inp, *hx))
+        loss = tensors[0].sin().sum() + sum(t.pow(2).sum() for t in tensors[1:])
+        grads = torch.autograd.grad(loss, wrt, create_graph=True)
+        orders = []
+        for _ in range(3):  # orders 2, 3 and 4
+            grads = torch.autograd.grad(sum(g.pow(2).sum() for g in grads if g is not None), wrt,
+                                        create_graph=True, allow_unused=True)
+            orders += grads
+        results.append(orders)
+    for a, b in zip(*results, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode,proj", CONFIGS)
