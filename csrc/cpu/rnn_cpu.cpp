@@ -19,11 +19,8 @@ namespace {
 bool computes_in_fp32(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
 }
-at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
-  return CPUBackend::converted(t, dtype);
-}
 at::Tensor fp32(const at::Tensor& t) {  // (not batch_sizes, int64)
-  return t.defined() && t.is_floating_point() ? converted(t, at::kFloat) : t;
+  return t.defined() && t.is_floating_point() ? CPUBackend::converted(t, at::kFloat) : t;
 }
 c10::optional<at::Tensor> fp32(const c10::optional<at::Tensor>& t) {
   if (!t) return t;
@@ -48,7 +45,8 @@ void check_given(c10::string_view mode, const at::Tensor& input,
 
 template <class R>
 R in_dtype(R result, at::ScalarType dtype) {
-  return std::apply([&](const auto&... t) { return R{converted(t, dtype)...}; }, result);
+  return std::apply([&](const auto&... t) { return R{CPUBackend::converted(t, dtype)...}; },
+                    result);
 }
 
 // rnn_forward for any floating dtype: fp16 / bf16 with fp32 copies of all but the weights.
