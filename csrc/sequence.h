@@ -157,8 +157,8 @@ struct RowBlocks {
 // `roll`: 0, or (CPU, unpacked, row-major) `data` holds the rows of the weight that the
 // products mean rolled back by `roll` (their row k is data's row (k - roll) mod K, as
 // torch.roll(data, roll, 0) would place it): GRU's W_hh, read in place by the backward.
-// `half`: null, or (CPU, kHalfWeights) in place of `data` with `ldt`, a fp32 layer's weight in
-// fp16 or bf16 (`half_type`) as the fp16/bf16 forward pass keeps it.
+// `half`: null, or (CPU, kHalfWeights) in place of `data`, a fp32 layer's weight in fp16 or bf16
+// (`half_type`) as the fp16/bf16 ops keep it, read where it is (`ldt` and `roll` as for data).
 template <class scalar_t>
 struct Weight {
   const scalar_t* data;
@@ -713,7 +713,7 @@ struct ForwardArgs {
   // [B, T, I] (contiguous, as the op's fake kernel says).
   bool input_batch_first = false;
   // w_ih and w_hh may be fp16 or bf16 where everything else is fp32 (a backend with
-  // kHalfWeights, forward: its fp16/bf16 layers, whose products read the weights in place).
+  // kHalfWeights: its fp16/bf16 layers, whose products read the weights in place).
   bool half_weights = false;
 };
 
@@ -1024,6 +1024,23 @@ ForwardResult rnn_forward(c10::string_view mode, const at::Tensor& input,
                                           input_batch_first});
 }
 
+template <class Backend>
+BackwardResult run_backward(const ForwardArgs& a, const at::Tensor& workspace,
+                            const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                            const c10::optional<at::Tensor>& grad_cy,
+                            const c10::optional<at::Tensor>& grad_cell_states, bool consume,
+                            bool input_grad, bool hx_grad) {
+  typename Backend::DeviceGuard guard(a.input.device());
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  BackwardResult result;
+  Backend::dispatch(a.input.scalar_type(), [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy,
+                                               grad_cell_states, consume, input_grad, hx_grad);
+  });
+  return result;
+}
+
 // rnn_backward (Consume = false) and rnn_backward_consume (true: the workspace is overwritten).
 template <class Backend, bool Consume = false>
 BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
@@ -1038,17 +1055,11 @@ BackwardResult rnn_backward(c10::string_view mode, const at::Tensor& input,
                             bool input_grad = true, bool hx_grad = true,
                             bool input_batch_first = false) {
   const at::Tensor x = time_major(input, batch_sizes, input_batch_first);
-  const ForwardArgs a{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse, true, false, input_batch_first};
-  typename Backend::DeviceGuard guard(input.device());
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  BackwardResult result;
-  Backend::dispatch(input.scalar_type(), [&](auto* tag) {
-    using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    result = layer_backward<Backend, scalar_t>(a, workspace, grad_output, grad_hy, grad_cy,
-                                               grad_cell_states, Consume, input_grad, hx_grad);
-  });
-  return result;
+  return run_backward<Backend>(ForwardArgs{parse_mode(mode), x, batch_sizes, hx, cx, w_ih, w_hh,
+                                           b_ih, b_hh, w_hr, reverse, true, false,
+                                           input_batch_first},
+                               workspace, grad_output, grad_hy, grad_cy, grad_cell_states,
+                               Consume, input_grad, hx_grad);
 }
 
 }  // namespace fused_rnn

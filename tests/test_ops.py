@@ -114,11 +114,14 @@ def test_opcheck_low_precision_cpu(case, dtype):
     (3, 2, 37, 96, "random"),  # a few rows: W_hh read in place at every step; I's partial lane
     (2, 40, 64, 64, "random"),  # 80 rows: packed from an fp32 copy
     (1, 4, 300, 40, "nan"),  # zero h0 but a NaN in W_hh: 0 * NaN is NaN, the product stays
+    (2, 3, 64, 512, "random"),  # W_hh of 1-4 MB in fp32: the backward reads it row-major in place
 ])
-def test_low_precision_forward_weights_in_place(dtype, mode, steps, batch, inputs, hidden, h0):
-    """The CPU's fp16/bf16 forward keeps the weights as they are (CPUBackend::kHalfWeights, read
-    in place and widened in registers, or copied to fp32 where they are packed): its results are
-    exactly those of the fp32 kernels on the fp32 values of the same arguments, rounded."""
+def test_low_precision_weights_in_place(dtype, mode, steps, batch, inputs, hidden, h0):
+    """The CPU's fp16/bf16 ops keep the weights as they are (CPUBackend::kHalfWeights: read in
+    place and widened in registers, or copied to fp32 where they are packed), all else in fp32
+    copies: the results are those of the fp32 kernels on the fp32 values of the same arguments
+    (the backward's workspace the rounded one the forward saved), rounded: exactly, except where the fp32 weight would go to the BLAS (a row-major one of
+    1 MB or more, the backward's) and a half one to small_gemm, which sums in its own order."""
     g = _ops.gates_of(mode) * hidden
     args = [torch.randn(steps, batch, inputs), torch.randn(batch, hidden),
             torch.randn(batch, hidden) if mode == "LSTM" else None,
@@ -130,13 +133,32 @@ def test_low_precision_forward_weights_in_place(dtype, mode, steps, batch, input
         args[4][g // 2, hidden // 3] = float("nan")
     half = [None if a is None else a.to(dtype) for a in args]
     wide = [None if a is None else a.float() for a in half]
+    blas = g * hidden * 4 >= 1 << 20
+
+    def same(got, want, exact):
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == dtype
+            if exact:
+                torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0, equal_nan=True)
+            elif b.numel():  # within two of the dtype's ulps of the fp32 result
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(a.float(), b, rtol=2 * eps,
+                                           atol=2 * eps * float(b.abs().max()), equal_nan=True)
+
     for train in (False, True):
         got = torch.ops.fused_rnn.rnn_forward(mode, half[0], None, *half[1:], None, False, train)
         want = torch.ops.fused_rnn.rnn_forward(mode, wide[0], None, *wide[1:], None, False, train)
-        for a, b in zip(got, want, strict=True):
-            assert a.dtype == dtype
-            torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0, equal_nan=True)
+        same(got, want, exact=True)
         assert got[0].isnan().any() == (h0 == "nan")
+    grads = [torch.randn_like(t, dtype=torch.float32).to(dtype) for t in got[:2]]
+    grads.append(torch.randn_like(got[2], dtype=torch.float32).to(dtype) if mode == "LSTM"
+                 else None)
+    for op in ("rnn_backward", "rnn_backward_consume"):
+        backward = getattr(torch.ops.fused_rnn, op)
+        got_b = backward(mode, half[0], None, *half[1:], None, False, got[4].clone(), *grads)
+        want_b = backward(mode, wide[0], None, *wide[1:], None, False, got[4].float(),
+                          *[None if t is None else t.float() for t in grads])
+        same(got_b, want_b, exact=not blas)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -88,10 +88,10 @@ def test_buffer_pool_reuses_and_releases():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_copies_pooled(dtype):
-    """fp16/bf16 on the CPU run on fp32 copies (csrc/cpu/rnn_cpu.cpp), which come from the buffer
-    pool and go back to it, so the next call reuses them instead of faulting in fresh pages;
-    except a forward pass's weights where its products read them in place (a decoder's step:
-    CPUBackend::kHalfWeights), which get no copy at all."""
+    """fp16/bf16 on the CPU run on fp32 copies (csrc/cpu/rnn_cpu.cpp) and compute fp32 results,
+    which come from the buffer pool and go back to it, so the next call reuses them instead of
+    faulting in fresh pages; the weights, where the products read them in place (a decoder's
+    step: CPUBackend::kHalfWeights), get no copy at all."""
     model = fused_rnn.LSTM(256, 512, dtype=dtype)
     weights = model.weight_ih_l0.numel() + model.weight_hh_l0.numel()
     x = torch.randn(1, 1, 256, dtype=dtype)
@@ -101,7 +101,7 @@ def test_low_precision_copies_pooled(dtype):
     assert fused_rnn.cached_bytes() < 4 * model.weight_ih_l0.numel()  # no fp32 weight copies
     xb = torch.randn(1, 1, 256, dtype=dtype, requires_grad=True)
     for _ in range(2):  # (the first's weight gradients become .grad and stay out of the pool)
-        model(xb)[0].sum().backward()  # the backward's copies
+        model(xb)[0].sum().backward()  # the backward's fp32 weight gradients, then copied
     cached = fused_rnn.cached_bytes()
     assert cached >= 4 * weights
     for _ in range(3):

@@ -241,7 +241,43 @@ struct LaneMask {
   Vec load(const T* p) const { return Vec::loadu(p, count); }
   void store(T* p, Vec v) const { v.store(p, count); }
 #endif
+  // fp16 / bf16 elements (a weight kept in its dtype, kHalfWeights), widened through a buffer.
+  template <class H, std::enable_if_t<!std::is_same_v<H, T>, int> = 0>
+  Vec load(const H* p) const {
+    T wide[Vec::size()] = {};
+    for (int64_t i = 0; i < count; ++i) wide[i] = static_cast<T>(p[i]);
+    return Vec::loadu(wide);
+  }
 };
+
+// A lane of floats from W consecutive fp16 / bf16 elements: bf16 is fp32's upper half (a shift),
+// fp16 F16C's conversion (every AVX2 CPU has it; setup.py builds with it).
+template <class H>
+FR_VEC_INLINE at::vec::Vectorized<float> half_lane(const H* q) {
+  static_assert(std::is_same_v<H, c10::Half> || std::is_same_v<H, c10::BFloat16>);
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  if constexpr (std::is_same_v<H, c10::BFloat16>) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  } else {
+    return _mm256_cvtph_ps(bits);
+  }
+#else
+  constexpr int64_t W = at::vec::Vectorized<float>::size();
+  float wide[W];
+  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(q[i]);
+  return at::vec::Vectorized<float>::loadu(wide);
+#endif
+}
+
+// A whole lane from p: T's own elements, or fp16 / bf16 ones widened (half_lane).
+template <class T>
+FR_VEC_INLINE at::vec::Vectorized<T> lane_of(const T* p) {
+  return at::vec::Vectorized<T>::loadu(p);
+}
+FR_VEC_INLINE at::vec::Vectorized<float> lane_of(const c10::Half* p) { return half_lane(p); }
+FR_VEC_INLINE at::vec::Vectorized<float> lane_of(const c10::BFloat16* p) { return half_lane(p); }
+
 
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
 // the seed models' 3-4 unit layers): loads and stores the first Count elements (LaneMask), the
@@ -358,8 +394,10 @@ struct Runs {
 // transposed copy.
 // With beta == 0, `bias` (if not null) is added to every row: C = A B + bias.
 // (kRuns false: one run, known at compile time, so the ordinary products keep their code.)
-template <int R, bool kRuns, class T>
-void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+// B's elements may be fp16 / bf16 (TB) where T is float: a weight kept in its dtype
+// (kHalfWeights), each lane widened as it is loaded (lane_of).
+template <int R, bool kRuns, class T, class TB = T>
+void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const TB* B,
                int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const Runs& runs) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
@@ -382,7 +420,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     }
     for (int64_t run = 0; run < run_count; ++run) {
       const T* a = A + run * runs.a_step;
-      const T* b = B + run * runs.b_step + j;
+      const TB* b = B + run * runs.b_step + j;
       int64_t p = 0;
       if constexpr (R <= 2) {
         // 2R chains of dependent multiply-adds cannot hide the FMA latency (batch 1-2 rows per
@@ -391,9 +429,9 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) odd[r][0] = odd[r][1] = Vec(T(0));
         for (; p + 2 <= k; p += 2) {
-          const Vec b0 = Vec::loadu(b + p * ldb), b1 = Vec::loadu(b + p * ldb + W);
-          const Vec c0 = Vec::loadu(b + (p + 1) * ldb);
-          const Vec c1 = Vec::loadu(b + (p + 1) * ldb + W);
+          const Vec b0 = lane_of(b + p * ldb), b1 = lane_of(b + p * ldb + W);
+          const Vec c0 = lane_of(b + (p + 1) * ldb);
+          const Vec c1 = lane_of(b + (p + 1) * ldb + W);
           FR_UNROLL_ROWS
           for (int r = 0; r < R; ++r) {
             const Vec a0(a[r * a_rs + p * a_cs]), a1(a[r * a_rs + (p + 1) * a_cs]);
@@ -410,7 +448,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
         }
       }
       for (; p < k; ++p) {
-        const Vec b0 = Vec::loadu(b + p * ldb), b1 = Vec::loadu(b + p * ldb + W);
+        const Vec b0 = lane_of(b + p * ldb), b1 = lane_of(b + p * ldb + W);
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
           const Vec a0(a[r * a_rs + p * a_cs]);
@@ -445,7 +483,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
     }
     for (int64_t run = 0; run < run_count; ++run) {
       const T* a = A + run * runs.a_step;
-      const T* b = B + run * runs.b_step + j;
+      const TB* b = B + run * runs.b_step + j;
       int64_t p = 0;
       for (; p + 2 <= k; p += 2) {
         const Vec b0 = lane.load(b + p * ldb), b1 = lane.load(b + (p + 1) * ldb);
@@ -490,9 +528,9 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
 // sums 3H terms) had its weight gradients at 4x torch.nn's error against the fp64 oracle, past
 // DESIGN.md's fp32 tolerance (tests/test_parity.py: test_fp32_long_sums).
 constexpr int64_t kSumChunk = 256;
-template <bool kRuns, class T>
+template <bool kRuns, class T, class TB>
 void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
-                     const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
+                     const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
                      const Runs& runs) {
   const int64_t groups = (m + 5) / 6;
   const bool even = m > 6 && m / groups >= 4;
@@ -503,7 +541,7 @@ void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, 
     T* c = C + i * ldc;
     auto product = [&](int64_t p0, int64_t kc, T be, const T* bi) {
       const T* ap = a + p0 * a_cs;
-      const T* bp = B + p0 * ldb;
+      const TB* bp = B + p0 * ldb;
       switch (rows) {
         case 6: return gemm_rows<6, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
         case 5: return gemm_rows<5, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
@@ -522,34 +560,14 @@ void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, 
 }
 
 // C = A B (+ beta C, + bias) for any m, its reduction over `runs` (one by default).
-template <class T>
+template <class T, class TB = T>
 void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
-                const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr,
+                const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr,
                 const Runs& runs = Runs{}) {
   if (runs.count != 1) {
     return small_gemm_rows<true>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
   }
   small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
-}
-
-// A lane of floats from W consecutive fp16 / bf16 elements: bf16 is fp32's upper half (a shift),
-// fp16 F16C's conversion (every AVX2 CPU has it; setup.py builds with it).
-template <class H>
-FR_VEC_INLINE at::vec::Vectorized<float> half_lane(const H* q) {
-  static_assert(std::is_same_v<H, c10::Half> || std::is_same_v<H, c10::BFloat16>);
-#if defined(CPU_CAPABILITY_AVX2)
-  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  if constexpr (std::is_same_v<H, c10::BFloat16>) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-  } else {
-    return _mm256_cvtph_ps(bits);
-  }
-#else
-  constexpr int64_t W = at::vec::Vectorized<float>::size();
-  float wide[W];
-  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(q[i]);
-  return at::vec::Vectorized<float>::loadu(wide);
-#endif
 }
 
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C, + bias) with B held transposed: column j of B
@@ -586,34 +604,10 @@ void dot_block(int64_t k, const T* A, int64_t lda, const TB* Bt, int64_t ldbt, T
     }
   };
   int64_t p = 0;
-  if constexpr (std::is_same_v<TB, T>) {
-    for (; p + W <= k; p += W) step(p, [](const T* q) { return Vec::loadu(q); });
-    if (p < k) {
-      const LaneMask<T> lane(k - p);
-      step(p, [&](const T* q) { return lane.load(q); });
-    }
-  } else {
-    // A's rows are T, Bt's TB: each load widens what it reads, the tail's through a buffer.
-    auto load = [](const auto* q) {
-      if constexpr (std::is_same_v<std::decay_t<decltype(*q)>, T>) {
-        return Vec::loadu(q);
-      } else {
-        return half_lane(q);
-      }
-    };
-    for (; p + W <= k; p += W) step(p, load);
-    if (p < k) {
-      const LaneMask<T> lane(k - p);
-      step(p, [&](const auto* q) {
-        if constexpr (std::is_same_v<std::decay_t<decltype(*q)>, T>) {
-          return lane.load(q);
-        } else {
-          T wide[W] = {};
-          for (int64_t i = 0; i < k - p; ++i) wide[i] = static_cast<T>(q[i]);
-          return Vec::loadu(wide);
-        }
-      });
-    }
+  for (; p + W <= k; p += W) step(p, [](const auto* q) { return lane_of(q); });
+  if (p < k) {
+    const LaneMask<T> lane(k - p);
+    step(p, [&](const auto* q) { return lane.load(q); });
   }
   FR_UNROLL_ROWS
   for (int r = 0; r < R; ++r) {
@@ -706,9 +700,10 @@ struct CPUBackend {
   }
 
   // fp16 and bf16 layers compute in fp32 on fp32 copies of their arguments (rnn_cpu.cpp), except
-  // the forward's weights: those stay as they are, and the products that read them in place
-  // (few rows: a decoder's step) widen them in registers. A bf16 GRU's step at B 1,
-  // I = H = 1024 read 12.6 MB of weights, where their fp32 copy wrote 25 MB and read it again.
+  // the weights: those stay as they are, and the products that read them in place (few rows: a
+  // decoder's step; dot_gemm forward, small_gemm backward, where the fp32 weight would go to
+  // the BLAS) widen them in registers. A bf16 GRU's step at B 1, I = H = 1024 read 12.6 MB of
+  // weights, where their fp32 copy wrote 25 MB and read it again.
   static constexpr bool kHalfWeights = true;
   template <class scalar_t>
   static bool is_half_of(const at::Tensor& w) {
@@ -787,22 +782,25 @@ struct CPUBackend {
   // B (the recurrent weight) up to this many elements goes to small_gemm: it stays in L2.
   static constexpr int64_t kSmallGemmWeight = 64 * 1024;
 
-  // With beta == 0, `bias` (if not null) is added to every row: C = A B + bias.
-  template <class scalar_t>
+  // With beta == 0, `bias` (if not null) is added to every row: C = A B + bias. B may be
+  // fp16 / bf16 where the rest is float (kHalfWeights): small_gemm widens it, no BLAS.
+  template <class scalar_t, class TB>
   static void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* A, int64_t lda,
-                   const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc,
+                   const TB* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc,
                    const scalar_t* bias = nullptr) {
     if (m == 0 || n == 0) return;
-    if (k * n > kSmallGemmWeight) {
+    if (std::is_same_v<TB, scalar_t> && k * n > kSmallGemmWeight) {
       if (bias && beta == scalar_t(0)) {  // the BLAS adds to C = bias
         for (int64_t r = 0; r < m; ++r) copy(C + r * ldc, bias, n);
         beta = scalar_t(1);
         bias = nullptr;
       }
       // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
-      if (blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B, int(ldb), A, int(lda), beta,
-                    C, int(ldc))) {
-        return;
+      if constexpr (std::is_same_v<TB, scalar_t>) {
+        if (blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B, int(ldb), A, int(lda),
+                      beta, C, int(ldc))) {
+          return;
+        }
       }
     }
     small_gemm(m, n, k, A, lda, int64_t(1), B, ldb, beta, C, ldc, bias);
@@ -879,11 +877,11 @@ struct CPUBackend {
     constexpr int64_t SW = strip_width<scalar_t>();
     const int64_t K = given.size(0), N = given.size(1), blocks = N / block;
     if (!large_weight(given, sizeof(scalar_t))) return at::Tensor();
-    // A fp16/bf16 weight (kHalfWeights): read where it is as a transposed view (dot_gemm), else
-    // packed from its fp32 copy. The decisions are the fp32 weight's (its element size).
+    // A fp16/bf16 weight (kHalfWeights): read where it is where the fp32 one would be (dot_gemm
+    // or small_gemm widen it), else packed from its fp32 copy. The decisions are the fp32
+    // weight's (its element size).
     const at::Tensor weight =
-        is_half_of<scalar_t>(given) &&
-                !(transposed_view(given) && read_in_place(given, sizeof(scalar_t), rows, products))
+        is_half_of<scalar_t>(given) && !read_in_place(given, sizeof(scalar_t), rows, products)
             ? widened<scalar_t>(given)
             : given;
     const bool transposed = transposed_view(weight);
@@ -975,7 +973,11 @@ struct CPUBackend {
   template <class scalar_t>
   static at::Tensor row_major(const at::Tensor& w) {
     if (transposed_view(w) && large_weight(w, sizeof(scalar_t))) return w;
-    if (is_half_of<scalar_t>(w)) return widened<scalar_t>(w).contiguous();
+    if (is_half_of<scalar_t>(w)) {
+      // Large ones left unpacked are read in place (pack_weight); small ones get fp32 copies.
+      if (w.is_contiguous() && large_weight(w, sizeof(scalar_t))) return w;
+      return widened<scalar_t>(w).contiguous();
+    }
     if (w.is_contiguous()) return w;
     const int64_t K = w.size(0), N = w.size(1), s0 = w.stride(0), s1 = w.stride(1);
     at::Tensor out = at::empty({K, N}, w.options());
@@ -1036,34 +1038,33 @@ struct CPUBackend {
                           const scalar_t* bias = nullptr) {
     if (m == 0 || c1 <= c0) return;
     const int64_t K = w.K;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (w.half) {  // fp16 / bf16, a transposed view read in place (pack_weight)
-        auto half = [&](const auto* data) {
-          dot_gemm(m, c1 - c0, K, A, lda, data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
-                   bias ? bias + c0 : nullptr);
-        };
-        TORCH_INTERNAL_ASSERT(w.ldt);
-        return w.half_type == at::kBFloat16 ? half(static_cast<const c10::BFloat16*>(w.half))
-                                            : half(static_cast<const c10::Half*>(w.half));
+    // The weight where it is (data, or fp16 / bf16 `half`): a transposed view (ldt), or
+    // row-major, its rows rolled (roll).
+    auto in_place = [&](const auto* data) {
+      if (w.ldt) {
+        dot_gemm(m, c1 - c0, K, A, lda, data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
+                 bias ? bias + c0 : nullptr);
+        return;
       }
-    }
-    if (w.ldt) {
-      dot_gemm(m, c1 - c0, K, A, lda, w.data + c0 * w.ldt, w.ldt, beta, C + c0, ldc,
-               bias ? bias + c0 : nullptr);
-      return;
-    }
-    if (!w.packed) {
       const int64_t r = w.roll;
+      scalar_t be = beta;
+      const scalar_t* bi = bias;
       if (r > 0) {  // rows [0, r) of the weight are data's last r rows, the rest its first
-        gemm(m, c1 - c0, r, A, lda, w.data + (K - r) * w.N + c0, w.N, beta, C + c0, ldc,
-             bias ? bias + c0 : nullptr);
-        beta = scalar_t(1);
-        bias = nullptr;
+        gemm(m, c1 - c0, r, A, lda, data + (K - r) * w.N + c0, w.N, be, C + c0, ldc,
+             bi ? bi + c0 : nullptr);
+        be = scalar_t(1);
+        bi = nullptr;
       }
-      gemm(m, c1 - c0, K - r, A + r, lda, w.data + c0, w.N, beta, C + c0, ldc,
-           bias ? bias + c0 : nullptr);
-      return;
+      gemm(m, c1 - c0, K - r, A + r, lda, data + c0, w.N, be, C + c0, ldc,
+           bi ? bi + c0 : nullptr);
+    };
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (w.half) {  // kHalfWeights: a weight that pack_weight left in fp16 / bf16
+        return w.half_type == at::kBFloat16 ? in_place(static_cast<const c10::BFloat16*>(w.half))
+                                            : in_place(static_cast<const c10::Half*>(w.half));
+      }
     }
+    if (!w.packed) return in_place(w.data);
     const int64_t block_rows = packed_block_rows(K);
     if (m > block_rows) {  // blocks of rows, so that A's block stays in L2 for all strips
       for (int64_t r = 0; r < m; r += block_rows) {
@@ -1307,7 +1308,10 @@ struct CPUBackend {
   static at::Tensor grad_input(const at::Tensor& dgates, const at::Tensor& weight,
                                const at::Tensor& input, bool batch_first) {
     const int64_t N = dgates.size(0), K = weight.size(1), ld = dgates.stride(0);
-    if (dgates.stride(1) != 1) return aten_grad_input(dgates, weight, input, batch_first);
+    if (dgates.stride(1) != 1) {
+      return aten_grad_input(dgates, is_half_of<scalar_t>(weight) ? widened<scalar_t>(weight) : weight,
+                             input, batch_first);
+    }
     const auto w = hold_weight<CPUBackend, scalar_t>(weight, K, N, 1);
     at::Tensor grad = empty(input_grad_shape(input, batch_first), input.options());
     // dgates' rows read in their (time-major) order; batch-first, a step at a time, each step's

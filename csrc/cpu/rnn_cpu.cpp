@@ -11,7 +11,7 @@ namespace fused_rnn {
 namespace {
 
 // fp16 and bf16 on the CPU, where torch.nn's RNNs run them too: the fp32 kernels on fp32 copies
-// of the arguments (the forward's weights excepted: CPUBackend::kHalfWeights), every result
+// of the arguments (the weights excepted: CPUBackend::kHalfWeights), every result
 // rounded back to the input's dtype, the workspace included (so the saved gates are in the
 // input's dtype, as CUDA's kernels keep them, and the fake kernels' dtypes hold;
 // rnn_backward_consume overwrites the fp32 copy of it, which its contract allows). fp32 math
@@ -25,10 +25,6 @@ at::Tensor fp32(const at::Tensor& t) {  // (not batch_sizes, int64)
 c10::optional<at::Tensor> fp32(const c10::optional<at::Tensor>& t) {
   if (!t) return t;
   return fp32(*t);
-}
-template <class T>
-const T& fp32(const T& other) {  // flags, the mode
-  return other;
 }
 
 // The arguments' checks (dtypes and devices included) on the arguments as given.
@@ -72,32 +68,45 @@ ForwardResult forward(c10::string_view mode, const at::Tensor& input,
   return in_dtype(run_forward<CPUBackend>(a), input.scalar_type());
 }
 
-template <class Sig, Sig* Kernel>
-struct StorageDtypes;
-// Kernel (rnn_backward, rnn_backward_consume: the arguments of the layer first, in ForwardArgs'
-// order, input_batch_first last) for any floating dtype.
-template <class R, class... Args, R (*Kernel)(Args...)>
-struct StorageDtypes<R(Args...), Kernel> {
-  static R call(Args... args) {
-    const auto all = std::forward_as_tuple(args...);
-    const at::Tensor& input = std::get<1>(all);
-    if (!computes_in_fp32(input.scalar_type())) return Kernel(args...);
-    check_given(std::get<0>(all), input, std::get<2>(all), std::get<3>(all), std::get<4>(all),
-                std::get<5>(all), std::get<6>(all), std::get<7>(all), std::get<8>(all),
-                std::get<9>(all), std::get<10>(all), std::get<sizeof...(Args) - 1>(all));
-    return in_dtype(Kernel(fp32(args)...), input.scalar_type());
+// rnn_backward (Consume false) and rnn_backward_consume (true) for any floating dtype: as the
+// forward.
+template <bool Consume>
+BackwardResult backward(c10::string_view mode, const at::Tensor& input,
+                        const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                        const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                        const c10::optional<at::Tensor>& b_hh,
+                        const c10::optional<at::Tensor>& w_hr, bool reverse,
+                        const at::Tensor& workspace, const at::Tensor& grad_output,
+                        const at::Tensor& grad_hy, const c10::optional<at::Tensor>& grad_cy,
+                        const c10::optional<at::Tensor>& grad_cell_states, bool input_grad,
+                        bool hx_grad, bool batch_first) {
+  if (!computes_in_fp32(input.scalar_type())) {
+    return rnn_backward<CPUBackend, Consume>(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih,
+                                             b_hh, w_hr, reverse, workspace, grad_output,
+                                             grad_hy, grad_cy, grad_cell_states, input_grad,
+                                             hx_grad, batch_first);
   }
-};
-template <auto Kernel>
-constexpr auto in_storage_dtypes =
-    &StorageDtypes<std::remove_pointer_t<decltype(Kernel)>, Kernel>::call;
+  check_given(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+              batch_first);
+  const at::Tensor x = time_major(fp32(input), batch_sizes, batch_first);
+  const at::Tensor h = fp32(hx);
+  const auto c = fp32(cx), bi = fp32(b_ih), bh = fp32(b_hh), hr = fp32(w_hr);
+  ForwardArgs a{parse_mode(mode), x, batch_sizes, h, c, w_ih, w_hh, bi, bh, hr, reverse, true,
+                false, batch_first};
+  a.half_weights = true;
+  return in_dtype(run_backward<CPUBackend>(a, fp32(workspace), fp32(grad_output), fp32(grad_hy),
+                                           fp32(grad_cy), fp32(grad_cell_states), Consume,
+                                           input_grad, hx_grad),
+                  input.scalar_type());
+}
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("rnn_forward", &forward);
-  m.impl("rnn_backward", in_storage_dtypes<&rnn_backward<CPUBackend>>);
-  m.impl("rnn_backward_consume", in_storage_dtypes<&rnn_backward<CPUBackend, true>>);
+  m.impl("rnn_backward", &backward<false>);
+  m.impl("rnn_backward_consume", &backward<true>);
 }
 
 }  // namespace fused_rnn
