@@ -27,17 +27,44 @@ c10::optional<at::Tensor> fp32(const c10::optional<at::Tensor>& t) {
   return fp32(*t);
 }
 
-// The arguments' checks (dtypes and devices included) on the arguments as given.
-void check_given(c10::string_view mode, const at::Tensor& input,
-                 const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-                 const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
-                 const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                 const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
-                 bool reverse, bool batch_first) {
-  check_layer_args(ForwardArgs{parse_mode(mode), time_major(input, batch_sizes, batch_first),
-                               batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, true,
-                               false, batch_first});
-}
+// A fp16 / bf16 layer's arguments as the fp32 kernels take them: fp32 copies of all but the
+// weights (kHalfWeights), after the checks (dtypes and devices included) on them as given.
+struct Fp32Layer {
+  at::Tensor x, h;
+  c10::optional<at::Tensor> c, b_ih, b_hh, w_hr;
+  ForwardArgs args;
+  Fp32Layer(c10::string_view mode, const at::Tensor& input,
+            const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+            const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+            const c10::optional<at::Tensor>& bias_ih, const c10::optional<at::Tensor>& bias_hh,
+            const c10::optional<at::Tensor>& proj, bool reverse, bool train, bool cell_states,
+            bool batch_first)
+      : x(checked(mode, input, batch_sizes, hx, cx, w_ih, w_hh, bias_ih, bias_hh, proj, reverse,
+                  batch_first)),
+        h(fp32(hx)),
+        c(fp32(cx)),
+        b_ih(fp32(bias_ih)),
+        b_hh(fp32(bias_hh)),
+        w_hr(fp32(proj)),
+        args{parse_mode(mode), x,    batch_sizes, h,       c,           w_ih,       w_hh,
+             b_ih,             b_hh, w_hr,        reverse, train,       cell_states, batch_first,
+             /*half_weights=*/true} {}
+  Fp32Layer(const Fp32Layer&) = delete;  // (args refers to the members)
+
+  // The input's fp32 copy, time-major, once the arguments as given pass the checks.
+  static at::Tensor checked(c10::string_view mode, const at::Tensor& input,
+                            const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                            const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh,
+                            const c10::optional<at::Tensor>& w_hr, bool reverse,
+                            bool batch_first) {
+    check_layer_args(ForwardArgs{parse_mode(mode), time_major(input, batch_sizes, batch_first),
+                                 batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                 true, false, batch_first});
+    return time_major(fp32(input), batch_sizes, batch_first);
+  }
+};
 
 template <class R>
 R in_dtype(R result, at::ScalarType dtype) {
@@ -57,15 +84,9 @@ ForwardResult forward(c10::string_view mode, const at::Tensor& input,
     return rnn_forward<CPUBackend>(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                    w_hr, reverse, train, cell_states, batch_first);
   }
-  check_given(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-              batch_first);
-  const at::Tensor x = time_major(fp32(input), batch_sizes, batch_first);
-  const at::Tensor h = fp32(hx);
-  const auto c = fp32(cx), bi = fp32(b_ih), bh = fp32(b_hh), hr = fp32(w_hr);
-  ForwardArgs a{parse_mode(mode), x, batch_sizes, h, c, w_ih, w_hh, bi, bh, hr, reverse, train,
-                cell_states, batch_first};
-  a.half_weights = true;
-  return in_dtype(run_forward<CPUBackend>(a), input.scalar_type());
+  const Fp32Layer layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                        train, cell_states, batch_first);
+  return in_dtype(run_forward<CPUBackend>(layer.args), input.scalar_type());
 }
 
 // rnn_backward (Consume false) and rnn_backward_consume (true) for any floating dtype: as the
@@ -87,17 +108,11 @@ BackwardResult backward(c10::string_view mode, const at::Tensor& input,
                                              grad_hy, grad_cy, grad_cell_states, input_grad,
                                              hx_grad, batch_first);
   }
-  check_given(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-              batch_first);
-  const at::Tensor x = time_major(fp32(input), batch_sizes, batch_first);
-  const at::Tensor h = fp32(hx);
-  const auto c = fp32(cx), bi = fp32(b_ih), bh = fp32(b_hh), hr = fp32(w_hr);
-  ForwardArgs a{parse_mode(mode), x, batch_sizes, h, c, w_ih, w_hh, bi, bh, hr, reverse, true,
-                false, batch_first};
-  a.half_weights = true;
-  return in_dtype(run_backward<CPUBackend>(a, fp32(workspace), fp32(grad_output), fp32(grad_hy),
-                                           fp32(grad_cy), fp32(grad_cell_states), Consume,
-                                           input_grad, hx_grad),
+  const Fp32Layer layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                        true, false, batch_first);
+  return in_dtype(run_backward<CPUBackend>(layer.args, fp32(workspace), fp32(grad_output),
+                                           fp32(grad_hy), fp32(grad_cy), fp32(grad_cell_states),
+                                           Consume, input_grad, hx_grad),
                   input.scalar_type());
 }
 
