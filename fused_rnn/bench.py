@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 
+from ._ops import _GATES
 from ._progress import Progress
 
 
@@ -134,7 +135,7 @@ def select(names_or_sets: str | None):
     return chosen
 
 
-MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+MODES = tuple(_GATES)  # LSTM, GRU, RNN_TANH, RNN_RELU: the modes the ops take
 _FLAGS = ("bidirectional", "packed", "batch_first")
 _INTS = ("layers", "min_len")
 

@@ -43,6 +43,20 @@ def layer_args(mode, proj=False, packed=False, bias=True, reverse=False, train=T
             t(proj_size, hidden) if proj else None, reverse, train, cells)
 
 
+
+def needing_grad(args):
+    """The positions of an op call's arguments that need gradients, and a function that puts
+    given tensors there (what gradcheck differentiates)."""
+    positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+
+    def with_tensors(ts):
+        full = list(args)
+        for pos, t in zip(positions, ts, strict=True):
+            full[pos] = t
+        return full
+
+    return positions, with_tensors
+
 CASES = [
     dict(mode=m, proj=proj, packed=packed, reverse=rev, bias=bias, cells=cells)
     for m in MODES
@@ -238,20 +252,18 @@ def test_gradcheck_zero_h0(case, steps):
 
 def check_gradients(args):
     mode, reverse, cells = args[0], args[10], args[12]
-    tensors = [a for a in args[1:10] if torch.is_tensor(a) and a.requires_grad]
-    positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+    positions, with_tensors = needing_grad(args)
 
     def fn(*ts):
-        full = list(args)
-        for pos, t in zip(positions, ts):
-            full[pos] = t
+        full = with_tensors(ts)
         output, hy, cy, c_all = _ops.rnn_layer(*full[:10], reverse=reverse, train=True,
                                                cell_states=cells)
         if mode != "LSTM":
             return output, hy
         return (output, hy, cy, c_all) if cells else (output, hy, cy)
 
-    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-5,
+                                    rtol=1e-4)
 
 
 STATE_CASES = [c for c in CASES if c["bias"] is True and not c["reverse"]]
@@ -363,13 +375,10 @@ def test_gradgradcheck(case, device):
     """fp64 gradgradcheck of rnn_forward (through its autograd kernel): the derivatives of its
     gradients, with respect to every input, weight and output gradient."""
     args = layer_args(**case, device=device)
-    tensors = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+    tensors, with_tensors = needing_grad(args)
 
     def fn(*ts):
-        full = list(args)
-        for i, t in zip(tensors, ts):
-            full[i] = t
-        output, hy, cy, cells, _ = torch.ops.fused_rnn.rnn_forward(*full)
+        output, hy, cy, cells, _ = torch.ops.fused_rnn.rnn_forward(*with_tensors(ts))
         return (output, hy) + ((cy,) if case["mode"] == "LSTM" else ()) + (
             (cells,) if case["cells"] else ())
 
@@ -382,13 +391,10 @@ def test_third_order_gradgradcheck(mode):
     derivatives (the double backward's results have a graph of their own, RNNLayerDoubleBackward)
     against finite differences."""
     args = layer_args(mode)
-    tensors = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+    tensors, with_tensors = needing_grad(args)
 
     def gradients(*ts):
-        full = list(args)
-        for i, t in zip(tensors, ts):
-            full[i] = t
-        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*full)
+        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*with_tensors(ts))
         loss = output.sin().sum() + hy.square().sum() + (cy.square().sum() if cy.numel() else 0)
         return torch.autograd.grad(loss, ts, create_graph=True)
 
@@ -636,13 +642,10 @@ def test_input_batch_first_opcheck_and_gradcheck(mode, device):
     bw_args = (*plain[:11], workspace, torch.randn_like(output), torch.randn_like(hy),
                torch.randn_like(cy) if mode == "LSTM" else None, None)
     torch.library.opcheck(torch.ops.fused_rnn.rnn_backward.default, bw_args, kwargs)
-    positions = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.requires_grad]
+    positions, with_tensors = needing_grad(args)
 
     def fn(*ts):
-        full = list(args)
-        for pos, t in zip(positions, ts):
-            full[pos] = t
-        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*full, **kwargs)
+        output, hy, cy, _, _ = torch.ops.fused_rnn.rnn_forward(*with_tensors(ts), **kwargs)
         return (output, hy, cy) if mode == "LSTM" else (output, hy)
 
     assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-5,

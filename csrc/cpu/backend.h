@@ -278,7 +278,6 @@ FR_VEC_INLINE at::vec::Vectorized<T> lane_of(const T* p) {
 FR_VEC_INLINE at::vec::Vectorized<float> lane_of(const c10::Half* p) { return half_lane(p); }
 FR_VEC_INLINE at::vec::Vectorized<float> lane_of(const c10::BFloat16* p) { return half_lane(p); }
 
-
 // The last, partial lane of a row (hidden sizes that are not a multiple of the lane width, and
 // the seed models' 3-4 unit layers): loads and stores the first Count elements (LaneMask), the
 // rest of the lane computes on zeros. Count is a template parameter so the mask is a constant
@@ -752,6 +751,7 @@ struct CPUBackend {
     }
     return true;
   }
+  // w in scalar_t: itself, or a fp16/bf16 weight's fp32 copy (kHalfWeights).
   template <class scalar_t>
   static at::Tensor widened(const at::Tensor& w) {
     return converted(w, c10::CppTypeToScalarType<scalar_t>::value);
@@ -818,14 +818,14 @@ struct CPUBackend {
                    const TB* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc,
                    const scalar_t* bias = nullptr) {
     if (m == 0 || n == 0) return;
-    if (std::is_same_v<TB, scalar_t> && k * n > kSmallGemmWeight) {
-      if (bias && beta == scalar_t(0)) {  // the BLAS adds to C = bias
-        for (int64_t r = 0; r < m; ++r) copy(C + r * ldc, bias, n);
-        beta = scalar_t(1);
-        bias = nullptr;
-      }
-      // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
-      if constexpr (std::is_same_v<TB, scalar_t>) {
+    if constexpr (std::is_same_v<TB, scalar_t>) {
+      if (k * n > kSmallGemmWeight) {
+        if (bias && beta == scalar_t(0)) {  // the BLAS adds to C = bias
+          for (int64_t r = 0; r < m; ++r) copy(C + r * ldc, bias, n);
+          beta = scalar_t(1);
+          bias = nullptr;
+        }
+        // Row-major C = A B is column-major C^T = B^T A^T: the operands swap, no transposes.
         if (blas_gemm('N', 'N', int(n), int(m), int(k), scalar_t(1), B, int(ldb), A, int(lda),
                       beta, C, int(ldc))) {
           return;
@@ -1007,11 +1007,14 @@ struct CPUBackend {
     const bool half = is_half_of<scalar_t>(w);
     if (w.is_contiguous() && (!half || large_weight(w, sizeof(scalar_t)))) return w;
     const int64_t K = w.size(0), N = w.size(1), s0 = w.stride(0), s1 = w.stride(1);
-    at::Tensor out = at::empty({K, N}, w.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+    at::Tensor out =
+        at::empty({K, N}, w.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
     scalar_t* dst = out.data_ptr<scalar_t>();
     auto copy = [&](const auto* src) {
       for (int64_t k = 0; k < K; ++k) {
-        for (int64_t n = 0; n < N; ++n) dst[k * N + n] = static_cast<scalar_t>(src[k * s0 + n * s1]);
+        for (int64_t n = 0; n < N; ++n) {
+          dst[k * N + n] = static_cast<scalar_t>(src[k * s0 + n * s1]);
+        }
       }
     };
     if (!half) {
@@ -1246,10 +1249,7 @@ struct CPUBackend {
   static void project_input(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
                             at::Tensor& out) {
     const auto rb = RowBlocks::of(x);
-    if (!rb) {
-      return aten_project_input(x, is_half_of<scalar_t>(w_ih) ? widened<scalar_t>(w_ih) : w_ih,
-                                bias, out);
-    }
+    if (!rb) return aten_project_input(x, widened<scalar_t>(w_ih), bias, out);
     const int64_t G = w_ih.size(0), N = out.size(0);
     const auto w_t = hold_weight<CPUBackend, scalar_t>(w_ih.t(), G, N, 1);
     rows_product<scalar_t>(x.const_data_ptr<scalar_t>(), *rb, N, w_t.view(),
@@ -1344,8 +1344,7 @@ struct CPUBackend {
                                const at::Tensor& input, bool batch_first) {
     const int64_t N = dgates.size(0), K = weight.size(1), ld = dgates.stride(0);
     if (dgates.stride(1) != 1) {
-      return aten_grad_input(dgates, is_half_of<scalar_t>(weight) ? widened<scalar_t>(weight) : weight,
-                             input, batch_first);
+      return aten_grad_input(dgates, widened<scalar_t>(weight), input, batch_first);
     }
     const auto w = hold_weight<CPUBackend, scalar_t>(weight, K, N, 1);
     at::Tensor grad = empty(input_grad_shape(input, batch_first), input.options());
