@@ -1,9 +1,9 @@
 """Property-based tests (hypothesis): random configurations and inputs against torch.nn.
 
 Same values and gradients, or the same exception type, for random mode, sizes (T=1, B=0, B=1,
-H=1 included), layers, directions, proj_size, batch_first, unbatched and packed input (sorted or
-not), hx given or not, strided inputs, and requires_grad on any subset of input, hx and
-parameters.
+H=1 included; LARGE: past the CPU backend's thresholds), layers, directions, proj_size,
+batch_first, unbatched and packed input (sorted or not), hx given or not, strided inputs, and
+requires_grad on any subset of input, hx and parameters.
 """
 
 import pytest
@@ -35,16 +35,37 @@ def _strided(draw, shape, dtype):
     return torch.randn(*shape, dtype=dtype)
 
 
+# The CPU backend changes how it runs a layer at thresholds that SMALL's sizes never reach
+# (csrc/cpu/backend.h): products after the loop on MKL beyond 256K gate-gradient elements
+# (kSmallPostLoop), weight gradients inside the backward loop, packed weights from 64 rows, unit
+# parts (a few rows, many units), the input projection inside the loop (inference). LARGE's
+# regimes draw sizes past each: many rows of narrow layers, a few rows of wide ones, wide layers
+# over a few steps. T is cut down so that T * B * H * (I + H) * layers * directions (about the
+# multiply-adds per gate) stays within _CAP: fp64 torch.nn is the oracle.
+SMALL = [dict(T=st.integers(1, 6), I=st.integers(1, 5), H=st.integers(1, 6), B=st.integers(0, 4),
+              layers=st.integers(1, 2))]
+LARGE = [dict(T=st.integers(30, 200), I=st.integers(1, 64), H=st.integers(9, 64),
+              B=st.integers(16, 130), layers=st.integers(1, 2)),
+         dict(T=st.integers(1, 100), I=st.integers(1, 300), H=st.integers(65, 300),
+              B=st.integers(1, 4), layers=st.integers(1, 2)),
+         dict(T=st.integers(1, 8), I=st.integers(65, 300), H=st.integers(65, 300),
+              B=st.integers(5, 130), layers=st.integers(1, 3))]
+_CAP = 40_000_000
+
+
 @st.composite
-def configurations(draw):
+def configurations(draw, regimes):
+    sizes = draw(st.sampled_from(regimes))
     mode = draw(st.sampled_from(list(MODES)))
-    c = dict(mode=mode, T=draw(st.integers(1, 6)), I=draw(st.integers(1, 5)),
-             H=draw(st.integers(1, 6)), layers=draw(st.integers(1, 2)),
-             bidirectional=draw(st.booleans()), bias=draw(st.booleans()),
-             batch_first=draw(st.booleans()),
+    c = dict(mode=mode, T=draw(sizes["T"]), I=draw(sizes["I"]), H=draw(sizes["H"]),
+             layers=draw(sizes["layers"]), bidirectional=draw(st.booleans()),
+             bias=draw(st.booleans()), batch_first=draw(st.booleans()),
              kind=draw(st.sampled_from(["padded", "unbatched", "packed"])))
     c["proj"] = draw(st.integers(0, c["H"] - 1)) if mode == "LSTM" else 0
-    c["B"] = draw(st.integers(1 if c["kind"] == "packed" else 0, 4))
+    c["B"] = max(draw(sizes["B"]), 1 if c["kind"] == "packed" else 0)
+    directions = 2 if c["bidirectional"] else 1
+    per_step = max(c["B"], 1) * c["H"] * (c["I"] + c["H"]) * c["layers"] * directions
+    c["T"] = max(1, min(c["T"], _CAP // per_step))  # fewer steps where the rest is large
     if c["kind"] == "packed":
         c["lengths"] = draw(st.lists(st.integers(1, c["T"]), min_size=c["B"], max_size=c["B"]))
         c["sorted"] = draw(st.booleans())
@@ -58,8 +79,23 @@ def configurations(draw):
 
 
 @SETTINGS
-@given(c=configurations(), data=st.data())
+@given(c=configurations(SMALL), data=st.data())
 def test_fuzz_against_torch(c, data):
+    check_against_torch(c, data)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=configurations(LARGE), data=st.data())
+def test_fuzz_large_against_torch(c, data):
+    check_against_torch(c, data)
+
+
+def check_against_torch(c, data):
+    """Same values and gradients in fp64, or the same exception type. (Not fp32: RNN_RELU's
+    gradients at T ~100 then differ by up to 1e-2 where a pre-activation within ~1e-6 of 0 rounds
+    to the other side of the kink in one of the two. A 20-minute random run at LARGE's sizes in
+    fp32 met four such flips, each of one element, judged against an fp64 run: three on
+    fused_rnn's side, one on torch.nn's.)"""
     dtype = torch.float64
     ref, fused = make_pair(c["mode"], c["I"], c["H"], num_layers=c["layers"], bias=c["bias"],
                            batch_first=c["batch_first"], bidirectional=c["bidirectional"],
@@ -100,6 +136,9 @@ def test_fuzz_against_torch(c, data):
     out_fus = _tensors(call(fused))
     for a, b in zip(out_ref, out_fus, strict=True):
         torch.testing.assert_close(b, a, **TOL[dtype])
+    with torch.no_grad():  # the inference path (no workspace; the CPU projects in the loop)
+        for a, b in zip(out_ref, _tensors(call(fused)), strict=True):
+            torch.testing.assert_close(b, a.detach(), **TOL[dtype])
     wrt_ref = leaves + [p for p in ref.parameters() if p.requires_grad]
     wrt_fus = leaves + [p for p in fused.parameters() if p.requires_grad]
     if not wrt_ref or not any(t.requires_grad for t in out_ref):
