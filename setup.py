@@ -71,10 +71,14 @@ def find_cublas(cuda_home):
                        "wheel's nvidia packages; set FUSED_RNN_CPU_ONLY=1 for a CPU-only build")
 
 
+# The CPU features an AVX2 build's kernels use (every AVX2 CPU has F16C); _build_info records
+# them, and fused_rnn/_ops.py refuses to load the build on a CPU without them.
+CPU_FEATURES = ("avx2", "fma", "f16c")
+
+
 def cpu_simd_flags():
-    """AVX2+FMA+F16C for the CPU kernels (at::vec lanes of 8 floats) when the building machine has
-    them, as -march=native would; FUSED_RNN_NO_AVX2=1 builds generic x86-64 code instead.
-    fused_rnn refuses to load an AVX2 build on a CPU without AVX2 (fused_rnn/_ops.py)."""
+    """CPU_FEATURES for the CPU kernels (at::vec lanes of 8 floats) when the building machine has
+    them, as -march=native would; FUSED_RNN_NO_AVX2=1 builds generic x86-64 code instead."""
     if os.environ.get("FUSED_RNN_NO_AVX2", "0") not in ("", "0"):
         return [], False
     try:
@@ -83,8 +87,9 @@ def cpu_simd_flags():
                           if line.startswith("flags")), [])
     except OSError:
         flags = []
-    if all(flag in flags for flag in ("avx2", "fma", "f16c")):  # (every AVX2 CPU has F16C)
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], True
+    if all(feature in flags for feature in CPU_FEATURES):
+        return [f"-m{feature}" for feature in CPU_FEATURES] + [
+            "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], True
     return [], False
 
 
@@ -130,6 +135,7 @@ def write_build_info(use_cuda, archs, avx2):
     with open(os.path.join(ROOT, "fused_rnn", "_build_info.py"), "w") as f:
         f.write("# Written by setup.py at build time.\n")
         f.write(f"CPU_AVX2 = {avx2!r}\n")
+        f.write(f"CPU_FEATURES = {CPU_FEATURES if avx2 else ()!r}\n")
         f.write(f"CUDA = {use_cuda!r}\n")
         f.write(f"CUDA_ARCHS = {archs!r}\n")
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")

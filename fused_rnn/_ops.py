@@ -17,19 +17,21 @@ import torch
 from . import _build_info
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_has(features) -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split() for line in f if line.startswith("flags")), [])
-        return all(flag in flags for flag in ("avx2", "fma", "f16c"))
+        return all(feature in flags for feature in features)
     except OSError:  # not Linux: ask torch (which an ATEN_CPU_CAPABILITY override can lower)
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-if _build_info.CPU_AVX2 and not _cpu_has_avx2():
+# The features the build's CPU kernels use (setup.py: CPU_FEATURES; none in a generic build).
+if _build_info.CPU_FEATURES and not _cpu_has(_build_info.CPU_FEATURES):
     raise ImportError(
         "fused_rnn was built with AVX2 CPU kernels (the building machine had AVX2) but this CPU "
-        "has no AVX2/FMA/F16C; rebuild here, or with FUSED_RNN_NO_AVX2=1 for generic code")
+        f"has no {'/'.join(f.upper() for f in _build_info.CPU_FEATURES)}; rebuild here, or with "
+        "FUSED_RNN_NO_AVX2=1 for generic code")
 
 from . import _C  # noqa: F401,E402  (loading the library registers torch.ops.fused_rnn.*)
 

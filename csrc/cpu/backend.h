@@ -1017,13 +1017,7 @@ struct CPUBackend {
         }
       }
     };
-    if (!half) {
-      copy(w.const_data_ptr<scalar_t>());
-    } else if (w.scalar_type() == at::kHalf) {
-      copy(w.const_data_ptr<c10::Half>());
-    } else {
-      copy(w.const_data_ptr<c10::BFloat16>());
-    }
+    with_weight_data<CPUBackend, scalar_t>(w, copy);
     return out;
   }
 
