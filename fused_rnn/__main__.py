@@ -14,11 +14,15 @@ def main(argv=None):
                        help="comma-separated shape names or sets (default, seeds, packed, gru, "
                             "decoder, large, sweep, sweep_batch, sweep_hidden, sweep_T), or none; "
                             "see fused_rnn.bench.SHAPES (default: default, or none where --shape "
-                            "is given)")
+                            "or --random is given)")
     bench.add_argument("--shape", action="append", default=[], metavar="SPEC",
                        help="a shape of your own, repeatable: MODE:T,B,I,H[,layers=N]"
                             "[,bidirectional][,packed][,min_len=N][,batch_first], MODE one of "
                             "LSTM, GRU, RNN_TANH, RNN_RELU (e.g. GRU:100,8,64,64,layers=2)")
+    bench.add_argument("--random", type=int, default=0, metavar="N",
+                       help="also N shapes drawn at random (fused_rnn.bench.random_shapes: any "
+                            "mode, T, B, I, H, layers, bidirectional, packed, batch_first)")
+    bench.add_argument("--seed", type=int, default=0, help="the --random draw's seed")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", default="float32",
                        choices=["float32", "float64", "bfloat16", "float16"],
@@ -73,9 +77,10 @@ def main(argv=None):
         print("--device cuda: no CUDA device is available here", file=sys.stderr)
         return 2
     report = {}
-    names = args.shapes or ("none" if args.shape else "default")
+    names = args.shapes or ("none" if args.shape or args.random else "default")
     shapes = ([] if names == "none" else engine.select(names))
     shapes += [engine.parse_shape(spec) for spec in args.shape]
+    shapes += engine.random_shapes(args.random, args.seed)
     if shapes:
         report = engine.run(shapes, args.device, repeats=args.repeats,
                             progress=not args.no_progress, check=not args.no_check,

@@ -176,6 +176,40 @@ def parse_shape(spec: str) -> Shape:
     return Shape(name, mode, T, B, I, H, sets=("custom",), note=f"--shape {spec}", **options)
 
 
+# Random shapes (`--random N`): what the named shapes leave out, drawn from these values, each
+# shape's forward+backward bound between RANDOM_FLOPS' two ends so a run of 50 takes minutes.
+RANDOM_DRAWS = dict(T=[1, 2, 5, 10, 20, 50, 100, 200, 400],
+                    B=[1, 2, 3, 8, 16, 32, 64, 128, 256],
+                    size=[1, 4, 16, 32, 64, 100, 128, 256, 300, 512, 1024],  # I and H
+                    layers=[1, 1, 2, 3])
+RANDOM_FLOPS = (1e5, 1e9)
+
+
+def random_shapes(n: int, seed: int = 0, flops=RANDOM_FLOPS):
+    """`n` shapes drawn at random (reproducibly for a seed): any mode, T, B, I, H and layers of
+    RANDOM_DRAWS, bidirectional (30%), packed (25%, lengths from T/4 up), batch-first (30%). Named
+    `random<k>_` and then as parse_shape names them; set "random"."""
+    import random
+
+    rng = random.Random(seed)
+    shapes = []
+    while len(shapes) < n:
+        mode = rng.choice(MODES)
+        T, B = rng.choice(RANDOM_DRAWS["T"]), rng.choice(RANDOM_DRAWS["B"])
+        I, H = rng.choice(RANDOM_DRAWS["size"]), rng.choice(RANDOM_DRAWS["size"])
+        layers = rng.choice(RANDOM_DRAWS["layers"])
+        spec = f"{mode}:{T},{B},{I},{H}" + f",layers={layers}" * (layers > 1)
+        spec += ",bidirectional" * (rng.random() < 0.3)
+        spec += f",packed,min_len={max(1, T // 4)}" * (rng.random() < 0.25 and B > 1)
+        spec += ",batch_first" * (rng.random() < 0.3)
+        shape = parse_shape(spec)
+        if flops[0] <= shape.flops(True) <= flops[1]:
+            shapes.append(dataclasses.replace(
+                shape, name=f"random{len(shapes)}_{shape.name}", sets=("random",),
+                note=f"--random, seed {seed}: {spec}"))
+    return shapes
+
+
 def build(shape: Shape, device, dtype=torch.float32, seed=0):
     """(torch.nn module, fused module with the same weights, function making the input)."""
     cls = {"LSTM": "LSTM", "GRU": "GRU"}.get(shape.mode, "RNN")
@@ -414,7 +448,19 @@ def format_table(report) -> str:
             f"{fb['torch']['best_ms']:.3f} | {fb['fused']['best_ms']:.3f} | "
             f"{fb['speedup']:.2f}x | {vs_native}{fb['fused']['gflops']:.2f} | "
             f"{fb['fused']['peak_fraction'] * 100:.1f}% | {fb['bound_ms']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", speedup_summary(report)])
+
+
+def speedup_summary(report) -> str:
+    """One line: the lowest (with its shape) and the median speedup, forward and forward+backward
+    (over torch.nn with cuDNN on a GPU)."""
+    parts = []
+    for pass_name, label in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
+        ratios = sorted((row[pass_name]["speedup"], row["name"]) for row in report["results"])
+        median = statistics.median([r for r, _ in ratios])
+        parts.append(f"{label} lowest {ratios[0][0]:.2f}x ({ratios[0][1]}), "
+                     f"median {median:.2f}x")
+    return f"speedup over torch.nn in {len(report['results'])} shapes: " + "; ".join(parts)
 
 
 def plot(report, path):

@@ -147,3 +147,75 @@ def test_bench_custom_shapes(tmp_path):
     assert "| char_rnn |" in both.stdout and "| lstm_3x2x2x2 |" in both.stdout
     bad = run("bench", "--shape", "LSTM:3,2")
     assert bad.returncode != 0 and "bad --shape 'LSTM:3,2'" in bad.stderr
+
+
+def test_random_shapes():
+    """--random's draws: reproducible for a seed, inside the FLOP range, every mode and option."""
+    shapes = bench.random_shapes(200, seed=5)
+    assert shapes == bench.random_shapes(200, seed=5) != bench.random_shapes(200, seed=6)
+    assert len({s.name for s in shapes}) == 200
+    assert all(bench.RANDOM_FLOPS[0] <= s.flops(True) <= bench.RANDOM_FLOPS[1] for s in shapes)
+    assert {s.mode for s in shapes} == set(bench.MODES)
+    for option in ("bidirectional", "packed", "batch_first"):
+        assert 0 < sum(getattr(s, option) for s in shapes) < 200
+    assert {s.layers for s in shapes} == set(bench.RANDOM_DRAWS["layers"])
+    assert all(s.name.startswith(f"random{k}_") and s.sets == ("random",)
+               for k, s in enumerate(shapes))
+
+
+def test_bench_random(tmp_path):
+    """--random N alone runs N drawn shapes, parity checked; the summary names the lowest."""
+    out = run("bench", "--random", "2", "--seed", "1", "--repeats", "1", "--json",
+              str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["name"] for r in report["results"]] == [s.name for s in bench.random_shapes(2, 1)]
+    assert all(r["parity_max_rel_diff"] < 1e-10 for r in report["results"])
+    lowest = min(report["results"], key=lambda r: r["fwd_bwd"]["speedup"])
+    assert (f"forward+backward lowest {lowest['fwd_bwd']['speedup']:.2f}x ({lowest['name']})"
+            in out.stdout.splitlines()[-1])
+
+
+def _history():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "history.py"
+    spec = importlib.util.spec_from_file_location("history", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_history_spread(tmp_path):
+    """benchmarks/history.py: per shape, the runs' lowest, median and highest speedups, from the
+    runs of one device, dtype and thread count (random draws left out)."""
+    history = _history()
+
+    def report(name, fwd, fb, **kw):
+        row = {"name": name, "fwd": {"speedup": fwd}, "fwd_bwd": {"speedup": fb}}
+        return {"device": "cpu", "threads": 2, "date": "2026-11-24", "results": [row], **kw}
+
+    runs = {"a.json": report("s", 2.0, 1.5), "b.json": report("s", 1.0, 3.0),
+            "c.json": report("s", 3.0, 2.0, dtype="float32"),
+            "d.json": report("s", 9.0, 9.0, dtype="float64"),
+            "e.json": report("s", 9.0, 9.0, threads=1),
+            "f.json": report("random0_s", 9.0, 9.0),
+            "g.json": report("s", 9.0, 9.0, date="2026-11-22")}
+    for name, r in runs.items():
+        (tmp_path / name).write_text(json.dumps(r))
+    kept = history.load_runs(tmp_path, since="2026-11-23")
+    assert sorted(kept) == ["a.json", "b.json", "c.json"]
+    table = history.spread(kept)
+    assert table["s"]["fwd_bwd"] == [(1.5, "a.json"), (2.0, "c.json"), (3.0, "b.json")]
+    text = history.format_spread(table)
+    assert "| s | 3 | 1.00x | 2.00x | 3.00x | 1.50x | 2.00x | 3.00x | a.json |" in text
+
+
+def test_history_of_the_committed_runs():
+    """It reads the committed results: every default shape has fp32 runs on 2 threads."""
+    out = subprocess.run([sys.executable, str(_history().__file__)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    for shape in bench.select("default"):
+        assert f"| {shape.name} |" in out.stdout
