@@ -1,12 +1,13 @@
 """Speedups over torch.nn across the committed benchmark runs (benchmarks/results/*.json).
 
     python benchmarks/history.py [--device cpu] [--dtype float32] [--threads 2] [--since DATE]
+                                 [--shapes NAMES|SETS]
 
 Each run is one `python -m fused_rnn bench --json` file; this reads those of one device, dtype
 and thread count and prints, per shape, how many runs timed it and the lowest, median and
 highest speedup (forward and forward+backward), with the file of the lowest. The host is shared
 and its load moves, so one run's ratio is a sample: this is their spread. Older runs timed older
-code; --since keeps the runs from a date on.
+code; --since keeps the runs from a date on, --shapes (as the bench takes it) those shapes' rows.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ def load_runs(folder=RESULTS, device="cpu", dtype="float32", threads=2, since=""
     return runs
 
 
-def spread(runs):
-    """{shape name: {pass: (speedups sorted with their file names)}} in the first-seen order."""
+def spread(runs, names=None):
+    """{shape name: {pass: (speedups sorted with their file names)}} in the first-seen order, of
+    the shapes in `names` (all where None)."""
     table = {}
     for name, report in runs.items():
         for row in report["results"]:
+            if names is not None and row["name"] not in names:
+                continue
             entry = table.setdefault(row["name"], {"fwd": [], "fwd_bwd": []})
             for pass_name in entry:
                 entry[pass_name].append((row[pass_name]["speedup"], name))
@@ -64,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--since", default="", help="YYYY-MM-DD: runs of this date and after")
+    parser.add_argument("--shapes", default=None, help="shape names or sets, as bench takes them")
     args = parser.parse_args(argv)
     runs = load_runs(RESULTS, args.device, args.dtype, args.threads, args.since)
     if not runs:
@@ -71,7 +76,12 @@ def main(argv=None):
     print(f"{len(runs)} runs ({', '.join(runs)}): {args.device}, {args.dtype}, "
           f"{args.threads} threads" + (f", since {args.since}" if args.since else ""))
     print()
-    print(format_spread(spread(runs)))
+    names = None
+    if args.shapes:
+        from fused_rnn import bench
+
+        names = {s.name for s in bench.select(args.shapes)}
+    print(format_spread(spread(runs, names)))
 
 
 if __name__ == "__main__":

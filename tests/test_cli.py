@@ -214,8 +214,13 @@ def test_history_spread(tmp_path):
 
 def test_history_of_the_committed_runs():
     """It reads the committed results: every default shape has fp32 runs on 2 threads."""
-    out = subprocess.run([sys.executable, str(_history().__file__)], capture_output=True,
-                         text=True)
+    script = str(_history().__file__)
+    out = subprocess.run([sys.executable, script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for shape in bench.select("default"):
         assert f"| {shape.name} |" in out.stdout
+    seeds = subprocess.run([sys.executable, script, "--shapes", "seeds"], capture_output=True,
+                           text=True)
+    assert seeds.returncode == 0, seeds.stderr
+    rows = [line.split(" | ")[0][2:] for line in seeds.stdout.splitlines()[4:]]
+    assert rows == [s.name for s in bench.select("seeds")]
