@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import _lengths, functional
 from ._ops import rnn_layer
 
 __all__ = ["RNNBase", "LSTM", "GRU", "RNN", "RNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
@@ -137,6 +137,8 @@ class RNNBase(torch.nn.RNNBase):
         return (output, hidden, *cells)
 
     def _forward_lengths(self, input: Tensor, hx, lengths, cell_states=False):
+        """lengths= (see forward): eager, the ops of packing, running and padding back;
+        under torch.compile one op with the padded input's shapes (fused_rnn/_lengths.py)."""
         if isinstance(input, PackedSequence):
             raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
         if input.dim() != 3:
@@ -146,22 +148,32 @@ class RNNBase(torch.nn.RNNBase):
             lengths = lengths.to("cpu", torch.int64)
         else:
             lengths = torch.as_tensor(lengths, dtype=torch.int64)
-        batch = input.size(0 if self.batch_first else 1)
+        batch_dim = 0 if self.batch_first else 1
+        batch = input.size(batch_dim)
         if lengths.dim() != 1 or lengths.numel() != batch:
             raise ValueError(
                 f"lengths must be a 1-D sequence with one length per batch element ({batch}), "
                 f"got shape {tuple(lengths.shape)}")
-        total = input.size(1 if self.batch_first else 0)
-        if lengths.numel() and int(lengths.max()) > total:
-            raise ValueError(
-                f"lengths must not exceed the sequence length {total}, got {int(lengths.max())}")
-        packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first,
-                                      enforce_sorted=False)
-        output, hidden, *cells = self.forward(packed, hx, cell_states=cell_states)
-        output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=total)
-        cells = [pad_packed_sequence(c, batch_first=self.batch_first, total_length=total)[0]
-                 for c in cells]
-        return (output, hidden, *cells)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:  # (a value of lengths: under torch.compile, the op checks it)
+            _lengths.check_lengths(lengths, input.size(1 - batch_dim))
+        lstm = self.mode == "LSTM"
+        if hx is None:
+            hx = self._zeros_state(input, batch)
+            self.check_input(input, None)
+        else:
+            self._check_hx_dims(hx, True)
+            self.check_forward_args(input, hx, None)
+        h0, c0 = hx if lstm else (hx, None)
+        args = (self.mode, input, lengths, h0, c0, self._current_weights(), self.bias,
+                self.num_layers, self.dropout, self.training, self.bidirectional,
+                self.proj_size > 0, self.batch_first, cell_states)
+        if compiling:
+            output, h_n, c_n, cells, _ = torch.ops.fused_rnn.rnn_lengths(*args)
+            cells = [cells] if cell_states else []
+        else:
+            output, h_n, c_n, cells = _lengths.run_lengths(*args)
+        return (output, (h_n, c_n) if lstm else h_n, *cells)
 
 
 class LSTM(RNNBase):

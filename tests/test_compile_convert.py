@@ -229,3 +229,82 @@ def test_cell_states_packed_and_lengths_and_gradcheck():
 def test_cell_states_only_for_lstm():
     with pytest.raises(ValueError, match="only for LSTM"):
         fused_rnn.GRU(3, 4)(torch.randn(2, 1, 3), cell_states=True)
+
+
+# lengths= under torch.compile: one op with static shapes (fused_rnn/_lengths.py).
+LENGTHS_CASES = [
+    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True, dropout=0.3), "aot_eager"),
+    ("GRU", dict(), "aot_eager"),
+    ("RNN_RELU", dict(num_layers=2), "aot_eager"),
+    ("LSTM", dict(proj_size=3, num_layers=2), "aot_eager"),
+    ("GRU", dict(bidirectional=True, batch_first=True), "inductor"),
+]
+
+
+@pytest.mark.parametrize("mode,kw,backend", LENGTHS_CASES)
+def test_compile_lengths_fullgraph_dynamic(mode, kw, backend):
+    """A model with variable lengths compiles in one graph (fullgraph, dynamic shapes: new B, T
+    and lengths run without a graph break), and equals torch.nn on the packed input: outputs,
+    states and every gradient, hx given or not, the dropout masks of the same seed included."""
+    from torch._dynamo.utils import counters
+
+    ref, fused = make_pair(mode, 5, 6, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fused, fullgraph=True, dynamic=True, backend=backend)
+    batch_first = kw.get("batch_first", False)
+    g = torch.Generator().manual_seed(0)
+    for step, (B, T) in enumerate([(3, 5), (4, 7), (2, 3)]):
+        x = torch.randn(*((B, T, 5) if batch_first else (T, B, 5)), dtype=torch.float64,
+                        generator=g, requires_grad=True)
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        hx = None
+        if step == 1:  # the state given
+            layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+            h = torch.randn(layers, B, kw.get("proj_size") or 6, dtype=torch.float64,
+                            generator=g, requires_grad=True)
+            hx = (h, torch.randn(layers, B, 6, dtype=torch.float64, generator=g,
+                                 requires_grad=True)) if mode == "LSTM" else h
+        leaves = [x] + ([] if hx is None else list(hx) if mode == "LSTM" else [hx])
+        results = []
+        for model in (ref, compiled):
+            torch.manual_seed(step)
+            if model is ref:
+                out, hidden = ref(pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                                       enforce_sorted=False), hx)
+                out = pad_packed_sequence(out, batch_first=batch_first, total_length=T)[0]
+            else:
+                out, hidden = model(x, hx, lengths=lengths)
+            states = list(hidden) if mode == "LSTM" else [hidden]
+            loss = out.square().sum() + sum((s * s.detach().sin()).sum() for s in states)
+            params = list((ref if model is ref else fused).parameters())
+            results.append([out, *states, *torch.autograd.grad(loss, leaves + params)])
+        for want, got in zip(*results):
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    assert not counters["graph_break"]
+
+
+def test_compile_lengths_cell_states():
+    """cell_states=True with lengths= under torch.compile: the eager module's c_t per step (zero
+    past each length), and the gradients through them."""
+    fused = fused_rnn.LSTM(3, 4, batch_first=True, bidirectional=True, dtype=torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+    results = []
+    for model in (fused, compiled):
+        out, (h, c), cells = model(x, lengths=lengths, cell_states=True)
+        results.append([out, h, c, cells, *torch.autograd.grad(cells.sin().sum() + out.sum(),
+                                                               [x, *fused.parameters()])])
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+    assert torch.equal(results[1][3][1, 2:], torch.zeros(3, 8, dtype=torch.float64))
+
+
+def test_compile_lengths_invalid():
+    """The value checks of lengths run inside the op under torch.compile, with eager's message."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fused_rnn.GRU(3, 4), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="must not exceed the sequence length 6"):
+        compiled(torch.randn(6, 3, 3), lengths=torch.tensor([7, 1, 2]))

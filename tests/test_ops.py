@@ -659,3 +659,44 @@ def test_input_batch_first_needs_padded_3d_input(packed):
         args[1] = args[1][0]  # 2-D
     with pytest.raises(RuntimeError, match="input_batch_first is for padded input"):
         torch.ops.fused_rnn.rnn_forward(*args, input_batch_first=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_rnn_lengths_op(mode, device):
+    """fused_rnn::rnn_lengths (lengths= under torch.compile): opcheck, and fp64 gradcheck of its
+    backward (the forward run again under autograd) through every output."""
+    torch.manual_seed(0)
+    torch.set_default_device(device)
+    try:
+        check_rnn_lengths_op(mode)
+    finally:
+        torch.set_default_device("cpu")
+
+
+def check_rnn_lengths_op(mode):
+    lstm = mode == "LSTM"
+    weights = []
+    for index in range(4):  # 2 layers x 2 directions
+        weights += [torch.randn(_ops.gates_of(mode) * 4, n, dtype=torch.float64, requires_grad=True)
+                    for n in (3 if index < 2 else 8, 4)]
+        weights += [torch.randn(_ops.gates_of(mode) * 4, dtype=torch.float64, requires_grad=True)
+                    for _ in range(2)]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True) if lstm else None
+    lengths = torch.tensor([2, 5, 3], device="cpu")
+    flags = (True, 2, 0.0, True, True, False, False, lstm)  # bias .. cell_states
+
+    def op(x, h0, c0, *w):
+        return torch.ops.fused_rnn.rnn_lengths(mode, x, lengths, h0, c0, list(w), *flags)
+
+    torch.library.opcheck(torch.ops.fused_rnn.rnn_lengths.default,
+                          (mode, x, lengths, h0, c0, weights, *flags))
+    inputs = (x, h0, c0, *weights)
+
+    def outputs(*args):
+        out = op(*args)
+        return out[:4] if lstm else out[:2]
+
+    assert torch.autograd.gradcheck(outputs, inputs)
