@@ -68,6 +68,11 @@ def _rng_state(device: torch.device) -> Tensor:
     return torch.get_rng_state()
 
 
+def _bytes(n: int) -> Tensor:
+    """A generator state's shape: bytes on the CPU, whatever the device."""
+    return torch.empty(n, dtype=torch.uint8, device="cpu")
+
+
 def _nothing(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
@@ -80,7 +85,7 @@ def rnn_lengths(mode: str, input: Tensor, lengths: Tensor, h0: Tensor, c0: Optio
     """run_lengths as one op: (output, h_n, c_n, cells, rng_state); c_n, cells and rng_state
     empty where there is none (not LSTM, cell_states off, no dropout masks)."""
     draws = _draws_masks(train, dropout, num_layers)
-    rng = _rng_state(input.device) if draws else torch.empty(0, dtype=torch.uint8)
+    rng = _rng_state(input.device) if draws else _bytes(0)
     output, h_n, c_n, cells = run_lengths(
         mode, input, lengths, h0, c0, weights, has_biases, num_layers, dropout, train,
         bidirectional, has_proj, batch_first, cell_states)
@@ -96,8 +101,8 @@ def _(mode, input, lengths, h0, c0, weights, has_biases, num_layers, dropout, tr
     output = input.new_empty(*steps, directions * h0.size(-1))
     cells = (input.new_empty(*steps, directions * c0.size(-1)) if cell_states
              else _nothing(input))
-    rng = (torch.empty(_rng_state(input.device).numel(), dtype=torch.uint8)
-           if _draws_masks(train, dropout, num_layers) else torch.empty(0, dtype=torch.uint8))
+    draws = _draws_masks(train, dropout, num_layers)
+    rng = _bytes(_rng_state(input.device).numel() if draws else 0)
     return (output, h0.new_empty(h0.shape), _nothing(input) if c0 is None else
             c0.new_empty(c0.shape), cells, rng)
 
