@@ -124,8 +124,8 @@ def rnn_lengths_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tenso
                          grad_c_n: Optional[Tensor], grad_cells: Optional[Tensor],
                          rng_state: Tensor, mode: str, input: Tensor, lengths: Tensor, h0: Tensor,
                          c0: Optional[Tensor], weights: List[Tensor], has_biases: bool,
-                         num_layers: int, dropout: float, bidirectional: bool, has_proj: bool,
-                         batch_first: bool, cell_states: bool) -> List[Tensor]:
+                         num_layers: int, dropout: float, train: bool, bidirectional: bool,
+                         has_proj: bool, batch_first: bool, cell_states: bool) -> List[Tensor]:
     """Gradients of input, h0, (c0,) and every weight, in that order: the training forward run
     again with autograd on (dropout from rng_state, where there is one)."""
     leaves = [input, h0] + ([c0] if c0 is not None else []) + list(weights)
@@ -140,7 +140,7 @@ def rnn_lengths_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tenso
             else:
                 torch.set_rng_state(rng_state)
         output, h_n, c_n, cells = run_lengths(
-            mode, x, lengths, h, c, w, has_biases, num_layers, dropout, True, bidirectional,
+            mode, x, lengths, h, c, w, has_biases, num_layers, dropout, train, bidirectional,
             has_proj, batch_first, cell_states)
         pairs = [(output, grad_output), (h_n, grad_h_n), (c_n, grad_c_n),
                  (cells[0] if cells else None, grad_cells)]
@@ -166,7 +166,7 @@ def _setup_context(ctx, inputs, output):
     args = dict(zip(_ARGS, inputs))
     ctx.lstm = args["c0"] is not None
     ctx.n_weights = len(args["weights"])
-    ctx.args = {k: args[k] for k in ("mode", "has_biases", "num_layers", "dropout",
+    ctx.args = {k: args[k] for k in ("mode", "has_biases", "num_layers", "dropout", "train",
                                      "bidirectional", "has_proj", "batch_first", "cell_states")}
     ctx.save_for_backward(args["input"], args["lengths"], args["h0"], args["c0"], output[4],
                           *args["weights"])
@@ -178,7 +178,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_cells, _grad_rng):
     grads = torch.ops.fused_rnn.rnn_lengths_backward(
         grad_output, grad_h_n, grad_c_n if ctx.lstm else None,
         grad_cells if a["cell_states"] else None, rng, a["mode"], input, lengths, h0, c0,
-        weights, a["has_biases"], a["num_layers"], a["dropout"], a["bidirectional"],
+        weights, a["has_biases"], a["num_layers"], a["dropout"], a["train"], a["bidirectional"],
         a["has_proj"], a["batch_first"], a["cell_states"])
     grad_input, grad_h0 = grads[0], grads[1]
     grad_c0 = grads[2] if ctx.lstm else None

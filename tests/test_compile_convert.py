@@ -233,22 +233,27 @@ def test_cell_states_only_for_lstm():
 
 # lengths= under torch.compile: one op with static shapes (fused_rnn/_lengths.py).
 LENGTHS_CASES = [
-    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True, dropout=0.3), "aot_eager"),
-    ("GRU", dict(), "aot_eager"),
-    ("RNN_RELU", dict(num_layers=2), "aot_eager"),
-    ("LSTM", dict(proj_size=3, num_layers=2), "aot_eager"),
-    ("GRU", dict(bidirectional=True, batch_first=True), "inductor"),
+    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True, dropout=0.3), "aot_eager",
+     True),
+    ("GRU", dict(num_layers=2, dropout=0.5), "aot_eager", False),  # eval: no masks
+    ("GRU", dict(), "aot_eager", True),
+    ("RNN_RELU", dict(num_layers=2), "aot_eager", True),
+    ("LSTM", dict(proj_size=3, num_layers=2), "aot_eager", True),
+    ("GRU", dict(bidirectional=True, batch_first=True), "inductor", True),
 ]
 
 
-@pytest.mark.parametrize("mode,kw,backend", LENGTHS_CASES)
-def test_compile_lengths_fullgraph_dynamic(mode, kw, backend):
+@pytest.mark.parametrize("mode,kw,backend,training", LENGTHS_CASES)
+def test_compile_lengths_fullgraph_dynamic(mode, kw, backend, training):
     """A model with variable lengths compiles in one graph (fullgraph, dynamic shapes: new B, T
     and lengths run without a graph break), and equals torch.nn on the packed input: outputs,
-    states and every gradient, hx given or not, the dropout masks of the same seed included."""
+    states and every gradient, hx given or not, the dropout masks of the same seed included
+    (and none in eval mode)."""
     from torch._dynamo.utils import counters
 
     ref, fused = make_pair(mode, 5, 6, **kw)
+    ref.train(training)
+    fused.train(training)
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(fused, fullgraph=True, dynamic=True, backend=backend)
