@@ -27,13 +27,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import functional
 
 
-def check_lengths(lengths: Tensor, total: int) -> None:
-    """The value checks on the lengths (their shape is checked by the module)."""
-    if lengths.numel() and int(lengths.max()) > total:
-        raise ValueError(
-            f"lengths must not exceed the sequence length {total}, got {int(lengths.max())}")
-
-
 def run_lengths(mode: str, input: Tensor, lengths: Tensor, h0: Tensor, c0: Optional[Tensor],
                 weights: Sequence[Tensor], has_biases: bool, num_layers: int, dropout: float,
                 train: bool, bidirectional: bool, has_proj: bool, batch_first: bool,
@@ -42,7 +35,9 @@ def run_lengths(mode: str, input: Tensor, lengths: Tensor, h0: Tensor, c0: Optio
     CPU): the results of packing it with enforce_sorted=False, running, and padding back to its
     length; h_n and c_n in the input's batch order."""
     total = input.size(1 if batch_first else 0)
-    check_lengths(lengths, total)
+    if lengths.numel() and int(lengths.max()) > total:  # (their shape the module checks)
+        raise ValueError(
+            f"lengths must not exceed the sequence length {total}, got {int(lengths.max())}")
     data, batch_sizes, order, unorder = pack_padded_sequence(
         input, lengths, batch_first=batch_first, enforce_sorted=False)
     c0 = None if c0 is None else c0.index_select(1, order)

@@ -154,9 +154,6 @@ class RNNBase(torch.nn.RNNBase):
             raise ValueError(
                 f"lengths must be a 1-D sequence with one length per batch element ({batch}), "
                 f"got shape {tuple(lengths.shape)}")
-        compiling = torch.compiler.is_compiling()
-        if not compiling:  # (a value of lengths: under torch.compile, the op checks it)
-            _lengths.check_lengths(lengths, input.size(1 - batch_dim))
         lstm = self.mode == "LSTM"
         if hx is None:
             hx = self._zeros_state(input, batch)
@@ -168,7 +165,7 @@ class RNNBase(torch.nn.RNNBase):
         args = (self.mode, input, lengths, h0, c0, self._current_weights(), self.bias,
                 self.num_layers, self.dropout, self.training, self.bidirectional,
                 self.proj_size > 0, self.batch_first, cell_states)
-        if compiling:
+        if torch.compiler.is_compiling():  # (run_lengths checks the lengths' values)
             output, h_n, c_n, cells, _ = torch.ops.fused_rnn.rnn_lengths(*args)
             cells = [cells] if cell_states else []
         else:
