@@ -102,6 +102,11 @@ def _(mode, input, lengths, h0, c0, weights, has_biases, num_layers, dropout, tr
             c0.new_empty(c0.shape), cells, rng)
 
 
+def _leaves(input, h0, c0, weights):
+    """What rnn_lengths_backward returns gradients of, in its order."""
+    return [input, h0] + ([c0] if c0 is not None else []) + list(weights)
+
+
 @contextlib.contextmanager
 def _autograd_on():
     """Autograd back on inside an op's kernel, which torch runs with grad mode off and the
@@ -121,10 +126,9 @@ def rnn_lengths_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tenso
                          c0: Optional[Tensor], weights: List[Tensor], has_biases: bool,
                          num_layers: int, dropout: float, train: bool, bidirectional: bool,
                          has_proj: bool, batch_first: bool, cell_states: bool) -> List[Tensor]:
-    """Gradients of input, h0, (c0,) and every weight, in that order: the training forward run
-    again with autograd on (dropout from rng_state, where there is one)."""
-    leaves = [input, h0] + ([c0] if c0 is not None else []) + list(weights)
-    leaves = [t.detach().requires_grad_() for t in leaves]
+    """Gradients of input, h0, (c0,) and every weight, in that order: the forward run again
+    (in the module's mode, `train`) with autograd on, dropout from rng_state where there is one."""
+    leaves = [t.detach().requires_grad_() for t in _leaves(input, h0, c0, weights)]
     x, h, c = leaves[0], leaves[1], leaves[2] if c0 is not None else None
     w = leaves[3 if c0 is not None else 2:]
     devices = [input.device] if input.device.type == "cuda" else []
@@ -137,11 +141,11 @@ def rnn_lengths_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tenso
         output, h_n, c_n, cells = run_lengths(
             mode, x, lengths, h, c, w, has_biases, num_layers, dropout, train, bidirectional,
             has_proj, batch_first, cell_states)
-        pairs = [(output, grad_output), (h_n, grad_h_n), (c_n, grad_c_n),
-                 (cells[0] if cells else None, grad_cells)]
-        outs = [o for o, g in pairs if o is not None and g is not None]
-        grads_in = [g for o, g in pairs if o is not None and g is not None]
-        grads = (torch.autograd.grad(outs, leaves, grads_in, allow_unused=True) if outs
+        pairs = [(o, g) for o, g in [(output, grad_output), (h_n, grad_h_n), (c_n, grad_c_n),
+                                     (cells[0] if cells else None, grad_cells)]
+                 if o is not None and g is not None]
+        outs, grads_out = zip(*pairs) if pairs else ((), ())
+        grads = (torch.autograd.grad(outs, leaves, grads_out, allow_unused=True) if pairs
                  else [None] * len(leaves))
     return [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
 
@@ -149,8 +153,7 @@ def rnn_lengths_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tenso
 @rnn_lengths_backward.register_fake
 def _(grad_output, grad_h_n, grad_c_n, grad_cells, rng_state, mode, input, lengths, h0, c0,
       weights, *args):
-    leaves = [input, h0] + ([c0] if c0 is not None else []) + list(weights)
-    return [torch.empty_like(t) for t in leaves]
+    return [torch.empty_like(t) for t in _leaves(input, h0, c0, weights)]
 
 
 _ARGS = ("mode", "input", "lengths", "h0", "c0", "weights", "has_biases", "num_layers",
@@ -160,7 +163,6 @@ _ARGS = ("mode", "input", "lengths", "h0", "c0", "weights", "has_biases", "num_l
 def _setup_context(ctx, inputs, output):
     args = dict(zip(_ARGS, inputs))
     ctx.lstm = args["c0"] is not None
-    ctx.n_weights = len(args["weights"])
     ctx.args = {k: args[k] for k in ("mode", "has_biases", "num_layers", "dropout", "train",
                                      "bidirectional", "has_proj", "batch_first", "cell_states")}
     ctx.save_for_backward(args["input"], args["lengths"], args["h0"], args["c0"], output[4],

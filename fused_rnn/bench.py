@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import random
 import statistics
 import time
 
@@ -189,8 +190,6 @@ def random_shapes(n: int, seed: int = 0, flops=RANDOM_FLOPS):
     """`n` shapes drawn at random (reproducibly for a seed): any mode, T, B, I, H and layers of
     RANDOM_DRAWS, bidirectional (30%), packed (25%, lengths from T/4 up), batch-first (30%). Named
     `random<k>_` and then as parse_shape names them; set "random"."""
-    import random
-
     rng = random.Random(seed)
     shapes = []
     while len(shapes) < n:

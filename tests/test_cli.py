@@ -192,15 +192,16 @@ def test_history_spread(tmp_path):
     runs of one device, dtype and thread count (random draws left out)."""
     history = _history()
 
-    def report(name, fwd, fb, **kw):
-        row = {"name": name, "fwd": {"speedup": fwd}, "fwd_bwd": {"speedup": fb}}
+    def report(name, fwd, fb, sets=("default",), **kw):
+        row = {"name": name, "shape": {"sets": list(sets)}, "fwd": {"speedup": fwd},
+               "fwd_bwd": {"speedup": fb}}
         return {"device": "cpu", "threads": 2, "date": "2026-11-24", "results": [row], **kw}
 
     runs = {"a.json": report("s", 2.0, 1.5), "b.json": report("s", 1.0, 3.0),
             "c.json": report("s", 3.0, 2.0, dtype="float32"),
             "d.json": report("s", 9.0, 9.0, dtype="float64"),
             "e.json": report("s", 9.0, 9.0, threads=1),
-            "f.json": report("random0_s", 9.0, 9.0),
+            "f.json": report("random0_s", 9.0, 9.0, sets=("random",)),
             "g.json": report("s", 9.0, 9.0, date="2026-11-22")}
     for name, r in runs.items():
         (tmp_path / name).write_text(json.dumps(r))
