@@ -71,33 +71,47 @@ def find_cublas(cuda_home):
                        "wheel's nvidia packages; set FUSED_RNN_CPU_ONLY=1 for a CPU-only build")
 
 
-# The CPU features an AVX2 build's kernels use (every AVX2 CPU has F16C); _build_info records
-# them, and fused_rnn/_ops.py refuses to load the build on a CPU without them.
-CPU_FEATURES = ("avx2", "fma", "f16c")
+# The CPU kernels are built for the widest at::vec capability the building machine has, as
+# -march=native would: AVX-512 (lanes of 16 floats), else AVX2 (8), else generic x86-64 code.
+# Each tier's features, as /proc/cpuinfo names them (every AVX2 CPU has F16C); _build_info
+# records the build's, and fused_rnn/_ops.py refuses to load the build on a CPU without them.
+# FUSED_RNN_NO_AVX512=1 stops at AVX2, FUSED_RNN_NO_AVX2=1 builds generic code.
+AVX2_FEATURES = ("avx2", "fma", "f16c")
+CPU_TIERS = (
+    ("AVX512", "FUSED_RNN_NO_AVX512", AVX2_FEATURES + ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+    ("AVX2", "FUSED_RNN_NO_AVX2", AVX2_FEATURES),
+)
+
+
+def cpu_switches():
+    """The CPU_TIERS switches set in the environment."""
+    return tuple(switch for _, switch, _ in CPU_TIERS
+                 if os.environ.get(switch, "0") not in ("", "0"))
 
 
 def cpu_simd_flags():
-    """CPU_FEATURES for the CPU kernels (at::vec lanes of 8 floats) when the building machine has
-    them, as -march=native would; FUSED_RNN_NO_AVX2=1 builds generic x86-64 code instead."""
-    if os.environ.get("FUSED_RNN_NO_AVX2", "0") not in ("", "0"):
-        return [], False
+    """(compiler flags, capability name, features) of the widest tier (CPU_TIERS) that the
+    building machine has and the environment does not turn off (cpu_switches)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f
                           if line.startswith("flags")), [])
     except OSError:
         flags = []
-    if all(feature in flags for feature in CPU_FEATURES):
-        return [f"-m{feature}" for feature in CPU_FEATURES] + [
-            "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], True
-    return [], False
+    # A tier is off with its own switch or a narrower tier's (no AVX2: no AVX-512 either).
+    switched = [switch in cpu_switches() for _, switch, _ in CPU_TIERS]
+    for i, (capability, _, features) in enumerate(CPU_TIERS):
+        if not any(switched[i:]) and all(feature in flags for feature in features):
+            return [f"-m{feature}" for feature in features] + [
+                f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"], capability, features
+    return [], "DEFAULT", ()
 
 
 def extension():
     use_cuda, why_not = want_cuda()
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/reference.cpp", "csrc/sequence.cpp",
                "csrc/stack.cpp", "csrc/cpu/rnn_cpu.cpp", "csrc/cpu/buffer_pool.cpp"]
-    simd_flags, avx2 = cpu_simd_flags()
+    simd_flags, capability, features = cpu_simd_flags()
     # at::parallel_for is header code: without -fopenmp its "omp parallel" compiles to nothing and
     # every range runs on one thread. The soname libgomp.so.1 resolves to the runtime torch loaded.
     # Functions on 64-byte lines: a hot loop's alignment then depends on its own function only.
@@ -126,16 +140,17 @@ def extension():
         ext = cpp_extension.CppExtension("fused_rnn._C", sources, extra_compile_args=extra,
                                          extra_link_args=link_flags)
         print(f"fused_rnn: building CPU kernels only ({why_not})")
-    write_build_info(use_cuda, archs, avx2)
+    write_build_info(use_cuda, archs, capability, features)
     return ext
 
 
-def write_build_info(use_cuda, archs, avx2):
+def write_build_info(use_cuda, archs, capability, features):
     """What the build holds, for fused_rnn.backend_info()."""
     with open(os.path.join(ROOT, "fused_rnn", "_build_info.py"), "w") as f:
         f.write("# Written by setup.py at build time.\n")
-        f.write(f"CPU_AVX2 = {avx2!r}\n")
-        f.write(f"CPU_FEATURES = {CPU_FEATURES if avx2 else ()!r}\n")
+        f.write(f"CPU_CAPABILITY = {capability!r}\n")
+        f.write(f"CPU_FEATURES = {tuple(features)!r}\n")
+        f.write(f"CPU_SWITCHES = {cpu_switches()!r}\n")
         f.write(f"CUDA = {use_cuda!r}\n")
         f.write(f"CUDA_ARCHS = {archs!r}\n")
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")

@@ -152,7 +152,7 @@ struct RowBlocks {
 // the per-step GEMMs multiply by it: `packed` is the backend's copy made once per call (CPU:
 // column strips, so that every step streams it sequentially), null if it has none. Columns
 // come in blocks of `block` (a gate's units forward, the state backward); unit parts use
-// column ranges within one block, starting at a multiple of kUnitAlign. `ldt`: 0, or (CPU,
+// column ranges within one block, starting at a multiple of the backend's alignment. `ldt`: 0, or (CPU,
 // unpacked) `data` is the weight as torch stores it, [N, K] rows `ldt` apart, read in place.
 // `roll`: 0, or (CPU, unpacked, row-major) `data` holds the rows of the weight that the
 // products mean rolled back by `roll` (their row k is data's row (k - roll) mod K, as
@@ -294,9 +294,6 @@ inline at::Tensor aten_grad_input(const at::Tensor& dgates, const at::Tensor& we
   at::Tensor grad = at::mm(dgates, weight).view(input.sizes());
   return batch_first ? grad.transpose(0, 1).contiguous() : grad;
 }
-
-// Unit parts start at multiples of this many units (two AVX2 lanes of floats).
-constexpr int64_t kUnitAlign = 16;
 
 // Bias folded into the input projection, contiguous: b_ih + b_hh, except GRU's n gate whose
 // b_hh part stays inside r * (W_hn h + b_hn).

@@ -23,15 +23,17 @@ def _cpu_has(features) -> bool:
             flags = next((line.split() for line in f if line.startswith("flags")), [])
         return all(feature in flags for feature in features)
     except OSError:  # not Linux: ask torch (which an ATEN_CPU_CAPABILITY override can lower)
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        wanted = ("AVX512",) if "avx512f" in features else ("AVX2", "AVX512")
+        return torch.backends.cpu.get_cpu_capability() in wanted
 
 
-# The features the build's CPU kernels use (setup.py: CPU_FEATURES; none in a generic build).
+# The features the build's CPU kernels use (setup.py: CPU_TIERS; none in a generic build).
 if _build_info.CPU_FEATURES and not _cpu_has(_build_info.CPU_FEATURES):
     raise ImportError(
-        "fused_rnn was built with AVX2 CPU kernels (the building machine had AVX2) but this CPU "
-        f"has no {'/'.join(f.upper() for f in _build_info.CPU_FEATURES)}; rebuild here, or with "
-        "FUSED_RNN_NO_AVX2=1 for generic code")
+        f"fused_rnn was built with {_build_info.CPU_CAPABILITY} CPU kernels (the building machine "
+        f"had {'/'.join(f.upper() for f in _build_info.CPU_FEATURES)}) but this CPU lacks some of "
+        "them; rebuild here, or with FUSED_RNN_NO_AVX512=1 (AVX2 code) or FUSED_RNN_NO_AVX2=1 "
+        "(generic code)")
 
 from . import _C  # noqa: F401,E402  (loading the library registers torch.ops.fused_rnn.*)
 

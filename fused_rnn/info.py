@@ -19,7 +19,7 @@ def backend_info() -> dict:
     return {
         "cpu": all(has_kernel(op, "CPU") for op in OPS),
         "cuda": all(has_kernel(op, "CUDA") for op in OPS),
-        "cpu_avx2": _build_info.CPU_AVX2,
+        "cpu_capability": _build_info.CPU_CAPABILITY,  # AVX512, AVX2 or DEFAULT (setup.py)
         "cuda_compiled": _build_info.CUDA,
         "cuda_archs": _build_info.CUDA_ARCHS,
         "built_with_torch": _build_info.TORCH_VERSION,

@@ -1,6 +1,7 @@
 """The registered ops: opcheck (schema, fake kernel, autograd registration, AOT dispatch) and
 gradcheck in fp64, every mode, projected, packed, reversed."""
 
+import platform
 import warnings
 
 import pytest
@@ -333,6 +334,26 @@ def test_backend_info():
     assert info["torch"] == torch.__version__
     # The registered CUDA kernels are what the build says it compiled.
     assert info["cuda"] == info["cuda_compiled"]
+
+
+def test_cpu_capability_is_the_widest():
+    """The CPU kernels are built for the widest tier (setup.py: CPU_TIERS) whose features this
+    CPU has, unless a switch turned it off when it was built (an AVX2 build on an AVX-512
+    machine runs its GEMMs at half the lane width)."""
+    from fused_rnn import _build_info, _ops
+    capability = fused_rnn.backend_info()["cpu_capability"]
+    assert capability == _build_info.CPU_CAPABILITY
+    assert _ops._cpu_has(_build_info.CPU_FEATURES)
+    switched = {k: k in _build_info.CPU_SWITCHES
+                for k in ("FUSED_RNN_NO_AVX512", "FUSED_RNN_NO_AVX2")}
+    avx2 = ("avx2", "fma", "f16c")
+    avx512 = avx2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+    if platform.machine() not in ("x86_64", "AMD64") or switched["FUSED_RNN_NO_AVX2"]:
+        return
+    if _ops._cpu_has(avx512) and not switched["FUSED_RNN_NO_AVX512"]:
+        assert capability == "AVX512"
+    elif _ops._cpu_has(avx2):
+        assert capability == "AVX2"
 
 
 @pytest.mark.parametrize("mode", MODES)

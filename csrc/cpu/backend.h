@@ -46,18 +46,56 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 
 namespace fused_rnn {
 
-// The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>. With an AVX2
-// build (setup.py) a lane is 8 floats / 4 doubles. fp32: sigmoid_avx2 and tanh_avx2 below (one
-// exp each, exp_u20's polynomial, a refined reciprocal estimate instead of a division). fp64 (and
-// builds without AVX2): at::vec's exp_u20 (SLEEF's 1-ulp exp in fp64) and tanh(x) =
+// The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>. A lane is
+// 16 floats / 8 doubles in an AVX-512 build (setup.py), 8 / 4 in an AVX2 one. fp32 on those:
+// sigmoid_lane and tanh_lane below (one exp each, exp_u20's polynomial, a refined reciprocal
+// estimate instead of a division). fp64 (and generic builds): at::vec's exp_u20 (SLEEF's 1-ulp exp in fp64) and tanh(x) =
 // 2 sigmoid(2x) - 1, a third of a SLEEF tanh call, its absolute error at the level of the exp's.
 // Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
 // through memory on every call, a third of the tiny models' forward time.
 #define FR_VEC_INLINE __attribute__((always_inline)) static inline
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// x86 builds (setup.py: CPU_TIERS): the pieces below where at::vec's own are slow, written once
+// over `simd`, a lane of the build's width (AVX2: 8 floats, AVX-512: 16) and the few intrinsics
+// they use on it.
+#define FR_X86_LANES 1
+namespace simd {
+#if defined(CPU_CAPABILITY_AVX512)
+using F = __m512;
+FR_VEC_INLINE F set1(float v) { return _mm512_set1_ps(v); }
+FR_VEC_INLINE F bits(int v) { return _mm512_castsi512_ps(_mm512_set1_epi32(v)); }
+FR_VEC_INLINE F max(F a, F b) { return _mm512_max_ps(a, b); }
+FR_VEC_INLINE F min(F a, F b) { return _mm512_min_ps(a, b); }
+FR_VEC_INLINE F add(F a, F b) { return _mm512_add_ps(a, b); }
+FR_VEC_INLINE F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+FR_VEC_INLINE F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+FR_VEC_INLINE F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+FR_VEC_INLINE F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+FR_VEC_INLINE F rcp(F d) { return _mm512_rcp14_ps(d); }  // (relative error < 2^-14)
+FR_VEC_INLINE F shift_to_exponent(F v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(v), 23));
+}
+#else
+using F = __m256;
+FR_VEC_INLINE F set1(float v) { return _mm256_set1_ps(v); }
+FR_VEC_INLINE F bits(int v) { return _mm256_castsi256_ps(_mm256_set1_epi32(v)); }
+FR_VEC_INLINE F max(F a, F b) { return _mm256_max_ps(a, b); }
+FR_VEC_INLINE F min(F a, F b) { return _mm256_min_ps(a, b); }
+FR_VEC_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
+FR_VEC_INLINE F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+FR_VEC_INLINE F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+FR_VEC_INLINE F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+FR_VEC_INLINE F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+FR_VEC_INLINE F rcp(F d) { return _mm256_rcp_ps(d); }  // (relative error < 1.5 * 2^-12)
+FR_VEC_INLINE F shift_to_exponent(F v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(v), 23));
+}
+#endif
+}  // namespace simd
+
 // The fp32 gates' sigmoid and tanh: about 17 operations each where exp_u20 and a division took
-// 23 (the division alone one per 3.5 cycles). Forward LSTM cell 3.7 -> 2.9 ns per unit here.
+// 23 (the division alone one per 3.5 cycles). Forward LSTM cell 3.7 -> 2.9 ns per unit (AVX2).
 //  * exp as exp_u20 computes it (the same polynomial on the same reduced argument), with
 //    n = round(x log2(e)) from adding 1.5 * 2^23 + 127, whose low bits are then n + 127, the
 //    exponent of 2^n (no floor, no conversion); x clamped to [-87, hi <= 88] so that 2^n is a
@@ -66,37 +104,36 @@ namespace fused_rnn {
 //    through to the result (as in torch.nn) with no compare and blend.
 //  * 1 / d as the reciprocal estimate and one Newton step, e (1 + (1 - d e)), the residual exact
 //    in one fused multiply-add: within about an ulp of the quotient.
-FR_VEC_INLINE __m256 exp_clamped_avx2(__m256 x, float hi) {
-  const __m256 log2e = _mm256_castsi256_ps(_mm256_set1_epi32(0x3fb8aa3b));
-  const __m256 ln2 = _mm256_castsi256_ps(_mm256_set1_epi32(0x3f317218));
-  const __m256 shift = _mm256_set1_ps(12582912.f + 127.f);  // 1.5 * 2^23 + the exponent bias
-  x = _mm256_max_ps(_mm256_set1_ps(-87.f), _mm256_min_ps(_mm256_set1_ps(hi), x));
-  const __m256 biased = _mm256_fmadd_ps(x, log2e, shift);  // n + 127 in the low bits
-  const __m256 n = _mm256_sub_ps(biased, shift);
-  const __m256 r = _mm256_fnmadd_ps(n, ln2, x);
-  __m256 poly = _mm256_fmadd_ps(r, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.166676521f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.499991506f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(0.999999701f));
-  poly = _mm256_fmadd_ps(r, poly, _mm256_set1_ps(1.f));
-  return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23)));
+FR_VEC_INLINE simd::F exp_clamped(simd::F x, float hi) {
+  using namespace simd;
+  const F log2e = bits(0x3fb8aa3b), ln2 = bits(0x3f317218);
+  const F shift = set1(12582912.f + 127.f);  // 1.5 * 2^23 + the exponent bias
+  x = max(set1(-87.f), min(set1(hi), x));
+  const F biased = fmadd(x, log2e, shift);  // n + 127 in the low bits
+  const F n = sub(biased, shift);
+  const F r = fnmadd(n, ln2, x);
+  F poly = fmadd(r, set1(0.00828929059f), set1(0.0418978221f));
+  poly = fmadd(r, poly, set1(0.166676521f));
+  poly = fmadd(r, poly, set1(0.499991506f));
+  poly = fmadd(r, poly, set1(0.999999701f));
+  poly = fmadd(r, poly, set1(1.f));
+  return mul(poly, shift_to_exponent(biased));
 }
-FR_VEC_INLINE __m256 reciprocal_avx2(__m256 d) {
-  const __m256 estimate = _mm256_rcp_ps(d);
-  return _mm256_fmadd_ps(estimate, _mm256_fnmadd_ps(d, estimate, _mm256_set1_ps(1.f)), estimate);
+FR_VEC_INLINE simd::F reciprocal(simd::F d) {
+  const simd::F estimate = simd::rcp(d);
+  return simd::fmadd(estimate, simd::fnmadd(d, estimate, simd::set1(1.f)), estimate);
 }
-// 1 / (1 + exp(-x)): 1 and 0 beyond the clamps, as torch's (1 + 2^-126 rounds to 1; the
-// reciprocal estimate of anything above 2^126 is 0).
-FR_VEC_INLINE __m256 sigmoid_avx2(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.f);
-  return reciprocal_avx2(_mm256_add_ps(one, exp_clamped_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x), 88.f)));
+// 1 / (1 + exp(-x)): 1 and 0 (or AVX-512's denormal estimate, within 2^-126 of torch's) beyond
+// the clamps (1 + 2^-126 rounds to 1; AVX2's reciprocal estimate of anything above 2^126 is 0).
+FR_VEC_INLINE simd::F sigmoid_lane(simd::F x) {
+  return reciprocal(simd::add(simd::set1(1.f), exp_clamped(simd::sub(simd::set1(0.f), x), 88.f)));
 }
 // (1 - e) / (1 + e), e = exp(-2x): exactly 0 at 0 (2 sigmoid(2x) - 1 was not, the reciprocal
 // of 2 being an ulp off); e at most exp(20), whose reciprocal is still normal, so -1 below -10.
-FR_VEC_INLINE __m256 tanh_avx2(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.f);
-  const __m256 e = exp_clamped_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.f), x), 20.f);
-  return _mm256_mul_ps(_mm256_sub_ps(one, e), reciprocal_avx2(_mm256_add_ps(one, e)));
+FR_VEC_INLINE simd::F tanh_lane(simd::F x) {
+  const simd::F one = simd::set1(1.f);
+  const simd::F e = exp_clamped(simd::mul(simd::set1(-2.f), x), 20.f);
+  return simd::mul(simd::sub(one, e), reciprocal(simd::add(one, e)));
 }
 #endif
 
@@ -106,7 +143,9 @@ FR_VEC_INLINE __m256 tanh_avx2(__m256 x) {
 // per element, the forward pass of an LSTM at T 2, B 16, H 256 at 0.45x torch.nn.
 template <class T>
 FR_VEC_INLINE T lane_sum(at::vec::Vectorized<T> v) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, double>) return _mm512_reduce_add_pd(v);
+#elif defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<T, double>) {
     const __m128d halves = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(halves, _mm_unpackhi_pd(halves, halves)));
@@ -120,22 +159,22 @@ struct VecMath {
   FR_VEC_INLINE V splat(T v) { return V(v); }
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
-  // (fp64: SLEEF's exp, a call; fp32 with AVX2 uses exp_clamped_avx2 instead.)
+  // (fp64: SLEEF's exp, a call; fp32 on x86 lanes uses exp_clamped instead.)
   FR_VEC_INLINE V exp(V x) { return V::blendv(x.exp_u20(), x, x != x); }
   FR_VEC_INLINE V sigmoid(V x) {
-#if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return sigmoid_avx2(v); });
+#if defined(FR_X86_LANES)
+    if constexpr (std::is_same_v<T, float>) return lanes(x, [](simd::F v) { return sigmoid_lane(v); });
 #endif
     return V(T(1)) / (V(T(1)) + exp(V(T(0)) - x));
   }
   FR_VEC_INLINE V tanh(V x) {
-#if defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float>) return lanes(x, [](__m256 v) { return tanh_avx2(v); });
+#if defined(FR_X86_LANES)
+    if constexpr (std::is_same_v<T, float>) return lanes(x, [](simd::F v) { return tanh_lane(v); });
 #endif
     return V(T(2)) * sigmoid(V(T(2)) * x) - V(T(1));
   }
-#if defined(CPU_CAPABILITY_AVX2)
-  // fn on each 8-float lane of V.
+#if defined(FR_X86_LANES)
+  // fn on each lane of V.
   template <class Fn>
   FR_VEC_INLINE V lanes(V x, Fn fn) {
     using Lane = at::vec::Vectorized<T>;
@@ -235,6 +274,26 @@ struct LaneMask {
       store_partial(p, __m256d(v), count);
     }
   }
+#elif defined(CPU_CAPABILITY_AVX512)
+  // AVX-512's masked moves (bit i: element i), which neither fault nor write where the mask is
+  // off.
+  uint32_t mask;
+  int count;
+  explicit LaneMask(int64_t c) : mask((uint32_t(1) << c) - 1), count(int(c)) {}
+  Vec load(const T* p) const {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm512_maskz_loadu_ps(__mmask16(mask), p);
+    } else {
+      return _mm512_maskz_loadu_pd(__mmask8(mask), p);
+    }
+  }
+  void store(T* p, Vec v) const {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_mask_storeu_ps(p, __mmask16(mask), v);
+    } else {
+      _mm512_mask_storeu_pd(p, __mmask8(mask), v);
+    }
+  }
 #else
   int64_t count;
   explicit LaneMask(int64_t c) : count(c) {}
@@ -251,7 +310,7 @@ struct LaneMask {
 };
 
 // A lane of floats from W consecutive fp16 / bf16 elements: bf16 is fp32's upper half (a shift),
-// fp16 F16C's conversion (every AVX2 CPU has it; setup.py builds with it).
+// fp16 F16C's (AVX-512F's) conversion (every AVX2 CPU has F16C; setup.py builds with it).
 template <class H>
 FR_VEC_INLINE at::vec::Vectorized<float> half_lane(const H* q) {
   static_assert(std::is_same_v<H, c10::Half> || std::is_same_v<H, c10::BFloat16>);
@@ -261,6 +320,13 @@ FR_VEC_INLINE at::vec::Vectorized<float> half_lane(const H* q) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
   } else {
     return _mm256_cvtph_ps(bits);
+  }
+#elif defined(CPU_CAPABILITY_AVX512)
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if constexpr (std::is_same_v<H, c10::BFloat16>) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  } else {
+    return _mm512_cvtph_ps(bits);
   }
 #else
   constexpr int64_t W = at::vec::Vectorized<float>::size();
@@ -354,6 +420,66 @@ struct PairVec : at::vec::Vectorized<T> {
 template <class T, int Count>
 struct Math<PairVec<T, Count>> : VecMath<T, PairVec<T, Count>> {
   using V = PairVec<T, Count>;
+  static V load(const T* p, int64_t ld) { return V::load(p, ld); }
+  static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
+};
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
+// PairVec's idea on 16-float lanes: kRows rows in one lane, for hidden sizes up to half a lane
+// (the toxic model's 4 units: four rows per lane, where one row would leave three quarters of
+// every lane idle). Row r's first Count elements (the row `ld` elements after row r - 1) sit in
+// the lane's slot r of kSlot elements, moved by masked loads and stores (slot r's load and store
+// address the lane as if it began r * (kSlot - ld) elements before p: the elements outside the
+// slot are masked off, neither read nor written).
+template <class T, int Count>
+struct RowsVec : at::vec::Vectorized<T> {
+  using Base = at::vec::Vectorized<T>;
+  static constexpr int kLanes = Base::size();
+  static constexpr int kSlot = Count <= kLanes / 4 ? kLanes / 4 : kLanes / 2;
+  static constexpr int kRows = kLanes / kSlot;
+  static_assert(Count >= 1 && Count <= kLanes / 2, "RowsVec holds up to half a lane per row");
+  RowsVec() = default;
+  RowsVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
+  explicit RowsVec(T v) : Base(v) {}
+
+  static RowsVec load(const T* p, int64_t ld) {
+    Base parts[kRows];
+    for (int r = 0; r < kRows; ++r) parts[r] = Base(load_slot(r, at(p, ld, r)));
+    for (int step = 1; step < kRows; step *= 2) {  // (independent loads, then a tree of ors)
+      for (int r = 0; r + step < kRows; r += 2 * step) parts[r] = parts[r] | parts[r + step];
+    }
+    return parts[0];
+  }
+  void store(T* p, int64_t ld) const {
+    for (int r = 0; r < kRows; ++r) {
+      if constexpr (std::is_same_v<T, float>) {
+        _mm512_mask_storeu_ps(at(p, ld, r), __mmask16(mask(r)), *this);
+      } else {
+        _mm512_mask_storeu_pd(at(p, ld, r), __mmask8(mask(r)), *this);
+      }
+    }
+  }
+
+ private:
+  static constexpr uint32_t mask(int r) { return ((uint32_t(1) << Count) - 1) << (r * kSlot); }
+  template <class P>
+  static P* at(P* p, int64_t ld, int r) {
+    return reinterpret_cast<P*>(reinterpret_cast<uintptr_t>(p) +
+                                uintptr_t(r * (ld - kSlot) * int64_t(sizeof(T))));
+  }
+  static Base load_slot(int r, const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm512_maskz_loadu_ps(__mmask16(mask(r)), p);
+    } else {
+      return _mm512_maskz_loadu_pd(__mmask8(mask(r)), p);
+    }
+  }
+};
+
+template <class T, int Count>
+struct Math<RowsVec<T, Count>> : VecMath<T, RowsVec<T, Count>> {
+  using V = RowsVec<T, Count>;
   static V load(const T* p, int64_t ld) { return V::load(p, ld); }
   static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
 };
@@ -511,9 +637,9 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
   }
 }
 
-// Six rows per pass over B: 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX registers.
-// m rows in groups as even as they come where each keeps at least four (20 rows as 5 + 5 + 5 + 5,
-// not 6 + 6 + 6 + 2): from four rows a group's 8+ chains of multiply-adds hide the FMA latency,
+// Six rows per pass over B (AVX2): 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX
+// registers. m rows in groups as even as they come where each keeps at least four (20 rows as
+// 5 + 5 + 5 + 5, not 6 + 6 + 6 + 2): from four rows a group's 8+ chains of multiply-adds hide the FMA latency,
 // so it runs at six rows' rate per row, where a group of 1-3 rows does not (7 rows stay 6 + 1:
 // 4 + 3 was slower). Measured (per-step products over a packed W_hh^T, one thread, GFLOP/s,
 // same build, 6-first -> even): 8 rows at H 128 82 -> 89, 16 at H 64 86-87 -> 89, 20 at H 650
@@ -527,34 +653,50 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
 // sums 3H terms) had its weight gradients at 4x torch.nn's error against the fp64 oracle, past
 // DESIGN.md's fp32 tolerance (tests/test_parity.py: test_fp32_long_sums).
 constexpr int64_t kSumChunk = 256;
+
+// AVX-512 has 32 registers: eight rows per pass (16 accumulators), B's lanes read from cache
+// 3/4 as often per row. (Twelve rows, 24 accumulators, ran at less than half the rate: GCC
+// spilled them.)
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kGroupRows = 8;
+#else
+constexpr int kGroupRows = 6;
+#endif
+
+template <int R, bool kRuns, class T, class TB>
+void gemm_rows_of(int rows, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
+                  const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
+                  const Runs& runs) {
+  if constexpr (R > 1) {
+    if (rows < R) {
+      return gemm_rows_of<R - 1, kRuns>(rows, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias,
+                                        runs);
+    }
+  }
+  gemm_rows<R, kRuns>(n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
+}
+
+// The k chunks outermost, every group of rows inside: a chunk of B (kSumChunk x n) is read from
+// L1/L2 by all the groups in turn, where each group running all of k streamed the whole of B
+// (64 KB for a 512-row strip of 32 floats, past L1) once per group. Each element of C sums the
+// same chunks in the same order either way.
 template <bool kRuns, class T, class TB>
 void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
                      const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
                      const Runs& runs) {
-  const int64_t groups = (m + 5) / 6;
-  const bool even = m > 6 && m / groups >= 4;
-  for (int64_t g = 0, i = 0; i < m; ++g) {
-    const int64_t rows =
-        even ? m / groups + (g < m % groups ? 1 : 0) : std::min<int64_t>(6, m - i);
-    const T* a = A + i * a_rs;
-    T* c = C + i * ldc;
-    auto product = [&](int64_t p0, int64_t kc, T be, const T* bi) {
-      const T* ap = a + p0 * a_cs;
-      const TB* bp = B + p0 * ldb;
-      switch (rows) {
-        case 6: return gemm_rows<6, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-        case 5: return gemm_rows<5, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-        case 4: return gemm_rows<4, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-        case 3: return gemm_rows<3, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-        case 2: return gemm_rows<2, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-        default: return gemm_rows<1, kRuns>(n, kc, ap, a_rs, a_cs, bp, ldb, be, c, ldc, bi, runs);
-      }
-    };
-    product(0, std::min(k, kSumChunk), beta, bias);
-    for (int64_t p0 = kSumChunk; p0 < k; p0 += kSumChunk) {
-      product(p0, std::min(kSumChunk, k - p0), T(1), nullptr);
+  const int64_t groups = (m + kGroupRows - 1) / kGroupRows;
+  const bool even = m > kGroupRows && m / groups >= 4;
+  for (int64_t p0 = 0; p0 < std::max<int64_t>(k, 1); p0 += kSumChunk) {
+    const int64_t kc = std::min(kSumChunk, k - p0);
+    const T be = p0 == 0 ? beta : T(1);
+    const T* bi = p0 == 0 ? bias : nullptr;
+    for (int64_t g = 0, i = 0; i < m; ++g) {
+      const int64_t rows = even ? m / groups + (g < m % groups ? 1 : 0)
+                                : std::min<int64_t>(kGroupRows, m - i);
+      gemm_rows_of<kGroupRows, kRuns>(int(rows), n, kc, A + i * a_rs + p0 * a_cs, a_rs, a_cs,
+                                      B + p0 * ldb, ldb, be, C + i * ldc, ldc, bi, runs);
+      i += rows;
     }
-    i += rows;
   }
 }
 
@@ -968,17 +1110,19 @@ struct CPUBackend {
         scalar_t* panel = dst + i * K * SW;
         // A transposed view: element (k, c0 + c) at src[(c0 + c) * ld + k].
         int64_t c = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-        // 8 x 8 blocks transposed in registers (a 1 MB W^T: 40 us, 99 element by element).
+#if defined(FR_X86_LANES)
+        // Lane x lane blocks transposed in registers (AVX2's 8 x 8: a 1 MB W^T in 40 us, 99
+        // element by element).
         if constexpr (std::is_same_v<scalar_t, float>) {
-          for (; c + 8 <= width; c += 8) {
+          constexpr int64_t L = at::vec::Vectorized<float>::size();
+          for (; c + L <= width; c += L) {
             const scalar_t* rows = src + (c0 + c) * ld;
             int64_t k = 0;
-            for (; k + 8 <= K; k += 8) {
-              at::vec::transpose_mxn<float, 8, 8>(rows + k, ld, panel + k * SW + c, SW);
+            for (; k + L <= K; k += L) {
+              at::vec::transpose_mxn<float, L, L>(rows + k, ld, panel + k * SW + c, SW);
             }
             for (; k < K; ++k) {
-              for (int64_t r = 0; r < 8; ++r) panel[k * SW + c + r] = rows[r * ld + k];
+              for (int64_t r = 0; r < L; ++r) panel[k * SW + c + r] = rows[r * ld + k];
             }
           }
         }
@@ -1584,7 +1728,7 @@ struct CPUBackend {
         s.B / threads < std::max(kMinRowsPerPart, weight_bytes / kUnitSplitWeightBytes);
     if (threads > 1 && !oversubscribed && !d.proj && d.H >= kMinUnitsPerPart * threads &&
         weight_bytes >= kUnitSplitWeightBytes && few_rows) {
-      return split_units(s, d, threads, kUnitAlign);
+      return split_units(s, d, threads, strip_width<float>());  // (a strip of either dtype)
     }
     return split_rows(s, d, threads);
   }
@@ -1620,7 +1764,7 @@ struct CPUBackend {
   }
 
   // Runs the partial lane of rows [begin, end) with the TailVec<T, tail> instantiation, two
-  // rows per lane (PairVec) where the tail fits in half a lane.
+  // rows per lane (PairVec; AVX-512: two or four, RowsVec) where the tail fits in half a lane.
   template <class F, int... Counts>
   static void apply_tail(const F& f, int64_t begin, int64_t end, int64_t j, int tail,
                          std::integer_sequence<int, Counts...>) {
@@ -1631,6 +1775,11 @@ struct CPUBackend {
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
         for (; b + 2 <= end; b += 2) f.template apply<PairVec<T, C>>(b, j);
+      }
+#elif defined(CPU_CAPABILITY_AVX512)
+      if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
+        constexpr int R = RowsVec<T, C>::kRows;
+        for (; b + R <= end; b += R) f.template apply<RowsVec<T, C>>(b, j);
       }
 #endif
       for (; b < end; ++b) f.template apply<TailVec<T, C>>(b, j);
