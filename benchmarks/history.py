@@ -1,13 +1,15 @@
 """Speedups over torch.nn across the committed benchmark runs (benchmarks/results/*.json).
 
     python benchmarks/history.py [--device cpu] [--dtype float32] [--threads 2] [--since DATE]
-                                 [--shapes NAMES|SETS]
+                                 [--machine TEXT] [--shapes NAMES|SETS]
 
 Each run is one `python -m fused_rnn bench --json` file; this reads those of one device, dtype
 and thread count and prints, per shape, how many runs timed it and the lowest, median and
 highest speedup (forward and forward+backward), with the file of the lowest. The host is shared
 and its load moves, so one run's ratio is a sample: this is their spread. Older runs timed older
-code; --since keeps the runs from a date on, --shapes (as the bench takes it) those shapes' rows.
+code; --since keeps the runs from a date on, --machine those whose machine (as the report names
+it: "AMD EPYC", "Intel(R) Xeon(R) Processor") contains the text, --shapes (as the bench takes it)
+those shapes' rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import statistics
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def load_runs(folder=RESULTS, device="cpu", dtype="float32", threads=2, since=""):
+def load_runs(folder=RESULTS, device="cpu", dtype="float32", threads=2, since="", machine=""):
     """{file name: report} for the runs that match (a report without a dtype ran in fp32)."""
     runs = {}
     for path in sorted(folder.glob("*.json")):
@@ -28,6 +30,7 @@ def load_runs(folder=RESULTS, device="cpu", dtype="float32", threads=2, since=""
         if ("results" in report and report.get("device") == device
                 and report.get("dtype", "float32") == dtype
                 and report.get("threads") == threads and report.get("date", "") >= since
+                and machine in report.get("machine", "")
                 and not any("random" in r["shape"]["sets"] for r in report["results"])):
             runs[path.name] = report
     return runs
@@ -68,13 +71,15 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--since", default="", help="YYYY-MM-DD: runs of this date and after")
+    parser.add_argument("--machine", default="", help="text the runs' machine names contain")
     parser.add_argument("--shapes", default=None, help="shape names or sets, as bench takes them")
     args = parser.parse_args(argv)
-    runs = load_runs(RESULTS, args.device, args.dtype, args.threads, args.since)
+    runs = load_runs(RESULTS, args.device, args.dtype, args.threads, args.since, args.machine)
     if not runs:
         raise SystemExit("no runs match")
     print(f"{len(runs)} runs ({', '.join(runs)}): {args.device}, {args.dtype}, "
-          f"{args.threads} threads" + (f", since {args.since}" if args.since else ""))
+          f"{args.threads} threads" + (f", since {args.since}" if args.since else "")
+          + (f", on {args.machine}" if args.machine else ""))
     print()
     names = None
     if args.shapes:

@@ -189,7 +189,7 @@ def _history():
 
 def test_history_spread(tmp_path):
     """benchmarks/history.py: per shape, the runs' lowest, median and highest speedups, from the
-    runs of one device, dtype and thread count (random draws left out)."""
+    runs of one device, dtype and thread count (random draws left out), of one machine if asked."""
     history = _history()
 
     def report(name, fwd, fb, sets=("default",), **kw):
@@ -211,6 +211,9 @@ def test_history_spread(tmp_path):
     assert table["s"]["fwd_bwd"] == [(1.5, "a.json"), (2.0, "c.json"), (3.0, "b.json")]
     text = history.format_spread(table)
     assert "| s | 3 | 1.00x | 2.00x | 3.00x | 1.50x | 2.00x | 3.00x | a.json |" in text
+    (tmp_path / "h.json").write_text(json.dumps(report("s", 9.0, 9.0, machine="Intel Xeon")))
+    assert sorted(history.load_runs(tmp_path, machine="Xeon")) == ["h.json"]
+    assert len(history.load_runs(tmp_path, since="2026-11-23")) == 4
 
 
 def test_history_of_the_committed_runs():
