@@ -78,7 +78,8 @@ def find_cublas(cuda_home):
 # FUSED_RNN_NO_AVX512=1 stops at AVX2, FUSED_RNN_NO_AVX2=1 builds generic code.
 AVX2_FEATURES = ("avx2", "fma", "f16c")
 CPU_TIERS = (
-    ("AVX512", "FUSED_RNN_NO_AVX512", AVX2_FEATURES + ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+    ("AVX512", "FUSED_RNN_NO_AVX512",
+     AVX2_FEATURES + ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
     ("AVX2", "FUSED_RNN_NO_AVX2", AVX2_FEATURES),
 )
 
@@ -99,11 +100,13 @@ def cpu_simd_flags():
     except OSError:
         flags = []
     # A tier is off with its own switch or a narrower tier's (no AVX2: no AVX-512 either).
-    switched = [switch in cpu_switches() for _, switch, _ in CPU_TIERS]
+    off = cpu_switches()
     for i, (capability, _, features) in enumerate(CPU_TIERS):
-        if not any(switched[i:]) and all(feature in flags for feature in features):
-            return [f"-m{feature}" for feature in features] + [
-                f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"], capability, features
+        if not any(switch in off for _, switch, _ in CPU_TIERS[i:]) and all(
+                feature in flags for feature in features):
+            compile_flags = [f"-m{feature}" for feature in features]
+            return compile_flags + [f"-DCPU_CAPABILITY={capability}",
+                                    f"-DCPU_CAPABILITY_{capability}"], capability, features
     return [], "DEFAULT", ()
 
 
@@ -151,6 +154,7 @@ def write_build_info(use_cuda, archs, capability, features):
         f.write(f"CPU_CAPABILITY = {capability!r}\n")
         f.write(f"CPU_FEATURES = {tuple(features)!r}\n")
         f.write(f"CPU_SWITCHES = {cpu_switches()!r}\n")
+        f.write(f"CPU_TIERS = {CPU_TIERS!r}\n")
         f.write(f"CUDA = {use_cuda!r}\n")
         f.write(f"CUDA_ARCHS = {archs!r}\n")
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")

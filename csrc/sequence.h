@@ -152,8 +152,9 @@ struct RowBlocks {
 // the per-step GEMMs multiply by it: `packed` is the backend's copy made once per call (CPU:
 // column strips, so that every step streams it sequentially), null if it has none. Columns
 // come in blocks of `block` (a gate's units forward, the state backward); unit parts use
-// column ranges within one block, starting at a multiple of the backend's alignment. `ldt`: 0, or (CPU,
-// unpacked) `data` is the weight as torch stores it, [N, K] rows `ldt` apart, read in place.
+// column ranges within one block, starting at a multiple of the backend's alignment. `ldt`: 0,
+// or (CPU, unpacked) `data` is the weight as torch stores it, [N, K] rows `ldt` apart, read in
+// place.
 // `roll`: 0, or (CPU, unpacked, row-major) `data` holds the rows of the weight that the
 // products mean rolled back by `roll` (their row k is data's row (k - roll) mod K, as
 // torch.roll(data, roll, 0) would place it): GRU's W_hh, read in place by the backward.

@@ -344,16 +344,14 @@ def test_cpu_capability_is_the_widest():
     capability = fused_rnn.backend_info()["cpu_capability"]
     assert capability == _build_info.CPU_CAPABILITY
     assert _ops._cpu_has(_build_info.CPU_FEATURES)
-    switched = {k: k in _build_info.CPU_SWITCHES
-                for k in ("FUSED_RNN_NO_AVX512", "FUSED_RNN_NO_AVX2")}
-    avx2 = ("avx2", "fma", "f16c")
-    avx512 = avx2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-    if platform.machine() not in ("x86_64", "AMD64") or switched["FUSED_RNN_NO_AVX2"]:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        assert capability == "DEFAULT"
         return
-    if _ops._cpu_has(avx512) and not switched["FUSED_RNN_NO_AVX512"]:
-        assert capability == "AVX512"
-    elif _ops._cpu_has(avx2):
-        assert capability == "AVX2"
+    tiers = _build_info.CPU_TIERS  # widest first: (capability, switch, features)
+    widest = next((capability for i, (capability, _, features) in enumerate(tiers)
+                   if not any(switch in _build_info.CPU_SWITCHES for _, switch, _ in tiers[i:])
+                   and _ops._cpu_has(features)), "DEFAULT")
+    assert capability == widest
 
 
 @pytest.mark.parametrize("mode", MODES)

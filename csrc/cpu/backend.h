@@ -49,8 +49,9 @@ namespace fused_rnn {
 // The gate math on SIMD lanes: cells.h's functors run on at::vec::Vectorized<T>. A lane is
 // 16 floats / 8 doubles in an AVX-512 build (setup.py), 8 / 4 in an AVX2 one. fp32 on those:
 // sigmoid_lane and tanh_lane below (one exp each, exp_u20's polynomial, a refined reciprocal
-// estimate instead of a division). fp64 (and generic builds): at::vec's exp_u20 (SLEEF's 1-ulp exp in fp64) and tanh(x) =
-// 2 sigmoid(2x) - 1, a third of a SLEEF tanh call, its absolute error at the level of the exp's.
+// estimate instead of a division). fp64 (and generic builds): at::vec's exp_u20 (SLEEF's 1-ulp
+// exp in fp64) and tanh(x) = 2 sigmoid(2x) - 1, a third of a SLEEF tanh call, its absolute
+// error at the level of the exp's.
 // Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
 // through memory on every call, a third of the tiny models' forward time.
 #define FR_VEC_INLINE __attribute__((always_inline)) static inline
@@ -244,6 +245,27 @@ inline void store_partial(double* p, __m256d v, int count) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// AVX-512's masked moves of a lane (bit i of `mask`: element i), which neither read (nor fault)
+// nor write where the mask is off.
+template <class T>
+FR_VEC_INLINE at::vec::Vectorized<T> masked_load(uint32_t mask, const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(__mmask16(mask), p);
+  } else {
+    return _mm512_maskz_loadu_pd(__mmask8(mask), p);
+  }
+}
+template <class T>
+FR_VEC_INLINE void masked_store(T* p, uint32_t mask, at::vec::Vectorized<T> v) {
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(p, __mmask16(mask), v);
+  } else {
+    _mm512_mask_storeu_pd(p, __mmask8(mask), v);
+  }
+}
+#endif
+
 // The first `count` elements of a lane, with a mask computed once per use: at::vec's
 // loadu(p, count) goes through a stack buffer, which the small GEMMs' last columns (GRU's 3H
 // with H = 4, say) paid on every multiply-add.
@@ -275,25 +297,11 @@ struct LaneMask {
     }
   }
 #elif defined(CPU_CAPABILITY_AVX512)
-  // AVX-512's masked moves (bit i: element i), which neither fault nor write where the mask is
-  // off.
   uint32_t mask;
   int count;
   explicit LaneMask(int64_t c) : mask((uint32_t(1) << c) - 1), count(int(c)) {}
-  Vec load(const T* p) const {
-    if constexpr (std::is_same_v<T, float>) {
-      return _mm512_maskz_loadu_ps(__mmask16(mask), p);
-    } else {
-      return _mm512_maskz_loadu_pd(__mmask8(mask), p);
-    }
-  }
-  void store(T* p, Vec v) const {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_mask_storeu_ps(p, __mmask16(mask), v);
-    } else {
-      _mm512_mask_storeu_pd(p, __mmask8(mask), v);
-    }
-  }
+  Vec load(const T* p) const { return masked_load(mask, p); }
+  void store(T* p, Vec v) const { masked_store(p, mask, v); }
 #else
   int64_t count;
   explicit LaneMask(int64_t c) : count(c) {}
@@ -445,20 +453,14 @@ struct RowsVec : at::vec::Vectorized<T> {
 
   static RowsVec load(const T* p, int64_t ld) {
     Base parts[kRows];
-    for (int r = 0; r < kRows; ++r) parts[r] = Base(load_slot(r, at(p, ld, r)));
+    for (int r = 0; r < kRows; ++r) parts[r] = masked_load(mask(r), at(p, ld, r));
     for (int step = 1; step < kRows; step *= 2) {  // (independent loads, then a tree of ors)
       for (int r = 0; r + step < kRows; r += 2 * step) parts[r] = parts[r] | parts[r + step];
     }
     return parts[0];
   }
   void store(T* p, int64_t ld) const {
-    for (int r = 0; r < kRows; ++r) {
-      if constexpr (std::is_same_v<T, float>) {
-        _mm512_mask_storeu_ps(at(p, ld, r), __mmask16(mask(r)), *this);
-      } else {
-        _mm512_mask_storeu_pd(at(p, ld, r), __mmask8(mask(r)), *this);
-      }
-    }
+    for (int r = 0; r < kRows; ++r) masked_store(at(p, ld, r), mask(r), Base(*this));
   }
 
  private:
@@ -467,13 +469,6 @@ struct RowsVec : at::vec::Vectorized<T> {
   static P* at(P* p, int64_t ld, int r) {
     return reinterpret_cast<P*>(reinterpret_cast<uintptr_t>(p) +
                                 uintptr_t(r * (ld - kSlot) * int64_t(sizeof(T))));
-  }
-  static Base load_slot(int r, const T* p) {
-    if constexpr (std::is_same_v<T, float>) {
-      return _mm512_maskz_loadu_ps(__mmask16(mask(r)), p);
-    } else {
-      return _mm512_maskz_loadu_pd(__mmask8(mask(r)), p);
-    }
   }
 };
 
@@ -639,11 +634,12 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
 
 // Six rows per pass over B (AVX2): 12 accumulators + 2 B lanes + a broadcast fill the 16 AVX
 // registers. m rows in groups as even as they come where each keeps at least four (20 rows as
-// 5 + 5 + 5 + 5, not 6 + 6 + 6 + 2): from four rows a group's 8+ chains of multiply-adds hide the FMA latency,
-// so it runs at six rows' rate per row, where a group of 1-3 rows does not (7 rows stay 6 + 1:
-// 4 + 3 was slower). Measured (per-step products over a packed W_hh^T, one thread, GFLOP/s,
-// same build, 6-first -> even): 8 rows at H 128 82 -> 89, 16 at H 64 86-87 -> 89, 20 at H 650
-// 87 -> 92, 32 at H 512 91-92 -> 95, 50 at H 128 91 -> 93; 100 rows 93 either way.
+// 5 + 5 + 5 + 5, not 6 + 6 + 6 + 2): from four rows a group's 8+ chains of multiply-adds hide
+// the FMA latency, so it runs at six rows' rate per row, where a group of 1-3 rows does not
+// (7 rows stay 6 + 1: 4 + 3 was slower). Measured (per-step products over a packed W_hh^T,
+// one thread, GFLOP/s, same build, 6-first -> even): 8 rows at H 128 82 -> 89, 16 at H 64
+// 86-87 -> 89, 20 at H 650 87 -> 92, 32 at H 512 91-92 -> 95, 50 at H 128 91 -> 93; 100 rows
+// 93 either way.
 //
 // k in chunks of kSumChunk terms, each chunk's sums added to C (gemm_rows adds beta C to its
 // own): one chain of multiply-adds over all k terms lost accuracy as k grew, where a BLAS sums
@@ -686,7 +682,7 @@ void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, 
                      const Runs& runs) {
   const int64_t groups = (m + kGroupRows - 1) / kGroupRows;
   const bool even = m > kGroupRows && m / groups >= 4;
-  for (int64_t p0 = 0; p0 < std::max<int64_t>(k, 1); p0 += kSumChunk) {
+  for (int64_t p0 = 0; p0 < std::max<int64_t>(k, 1); p0 += kSumChunk) {  // (k 0: C = bias)
     const int64_t kc = std::min(kSumChunk, k - p0);
     const T be = p0 == 0 ? beta : T(1);
     const T* bi = p0 == 0 ? bias : nullptr;
