@@ -93,7 +93,7 @@ template <class scalar_t, bool Train>
 struct LSTMForward {
   using scalar_type = scalar_t;
   const scalar_t* xg;  // [n, 4H]  (may be the same memory as `gates`: read before written)
-  const scalar_t* hg;  // [n, 4H]
+  const scalar_t* hg;  // [n, 4H], or null: the step's product was added onto xg (kFoldRecurrent)
   scalar_t* c_state;   // [B, H]  c_{t-1} in, c_t out
   scalar_t* h_out;     // [n, ld_h] h_t (or o*tanh(c_t) when projected)
   scalar_t* h_state;   // [B, H] or nullptr (projected: the loop writes W_hr r instead)
@@ -107,15 +107,21 @@ struct LSTMForward {
     using M = Math<V>;
     const int64_t G = 4 * H, g0 = b * G + j;
     // Every load first, so that a GPU thread waits for them once, not once per gate.
-    const V xi = M::load(xg + g0, G), xf = M::load(xg + g0 + H, G);
-    const V xc = M::load(xg + g0 + 2 * H, G), xo = M::load(xg + g0 + 3 * H, G);
-    const V hi = M::load(hg + g0, G), hf = M::load(hg + g0 + H, G);
-    const V hc = M::load(hg + g0 + 2 * H, G), ho = M::load(hg + g0 + 3 * H, G);
+    V xi = M::load(xg + g0, G), xf = M::load(xg + g0 + H, G);
+    V xc = M::load(xg + g0 + 2 * H, G), xo = M::load(xg + g0 + 3 * H, G);
+    if (hg) {
+      const V hi = M::load(hg + g0, G), hf = M::load(hg + g0 + H, G);
+      const V hc = M::load(hg + g0 + 2 * H, G), ho = M::load(hg + g0 + 3 * H, G);
+      xi = xi + hi;
+      xf = xf + hf;
+      xc = xc + hc;
+      xo = xo + ho;
+    }
     const V cp = M::load(c_state + b * H + j, H);
-    const V i = M::sigmoid(xi + hi);
-    const V f = M::sigmoid(xf + hf);
-    const V g = M::tanh(xc + hc);
-    const V o = M::sigmoid(xo + ho);
+    const V i = M::sigmoid(xi);
+    const V f = M::sigmoid(xf);
+    const V g = M::tanh(xc);
+    const V o = M::sigmoid(xo);
     const V c = f * cp + i * g;
     const V h = o * M::tanh(c);
     M::store(c_state + b * H + j, H, c);

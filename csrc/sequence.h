@@ -20,6 +20,9 @@
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
 //   kStepProjection, project_in_loop(schedule, dims, x)            whether to project x inside
 //                                                                  the loop (StepProjection)
+//   kFoldRecurrent                                                 whether a step's h W_hh^T
+//                                                                  adds itself onto x_t's
+//                                                                  projection (forward_loop)
 //   grad_weight<scalar_t>(dgates, inputs, out),
 //   grad_input<scalar_t>(dgates, w, input, batch_first),
 //   column_sums<scalar_t>(dgates)                                  after the loop
@@ -343,13 +346,14 @@ std::vector<Part> split_units(const Schedule& s, const LayerDims& d, int64_t par
 #endif
 template <class Backend, class scalar_t, class... Bias>
 FR_LOOP void gemm_part(const Part& part, const LayerDims& d, int64_t m, const scalar_t* A,
-                       int64_t lda, const Weight<scalar_t>& w, scalar_t* C, Bias... bias) {
+                       int64_t lda, const Weight<scalar_t>& w, scalar_t beta, scalar_t* C,
+                       Bias... bias) {
   if (!part.units_split) {
-    Backend::gemm_weight(m, 0, d.G, A, lda, w, scalar_t(0), C, d.G, bias...);
+    Backend::gemm_weight(m, 0, d.G, A, lda, w, beta, C, d.G, bias...);
     return;
   }
   for (int64_t g = 0; g < d.G; g += d.H) {
-    Backend::gemm_weight(m, g + part.u_begin, g + part.u_end, A, lda, w, scalar_t(0), C, d.G,
+    Backend::gemm_weight(m, g + part.u_begin, g + part.u_end, A, lda, w, beta, C, d.G,
                          bias...);
   }
 }
@@ -407,7 +411,7 @@ int64_t project_chunk(const Schedule& s, const LayerDims& d, bool reverse, const
   }
   auto product = [&](int64_t m, int64_t t) {  // m rows from step t's first
     gemm_part<Backend>(part, d, m, p.x + p.rows.offset_of(part.offset(s, t)), p.rows.sb, p.w,
-                       xg_at[t], p.bias);
+                       scalar_t(0), xg_at[t], p.bias);
   };
   if (one_run) {
     product(pos, t_lo);
@@ -417,12 +421,22 @@ int64_t project_chunk(const Schedule& s, const LayerDims& d, bool reverse, const
   return end;
 }
 
+// Whether forward_loop adds each step's h_{t-1} W_hh^T onto x_t's projection (no hg buffer):
+// LSTM only (LSTMForward reads a null hg). GRU keeps the product apart (r multiplies its n
+// part); a plain RNN's step is so short that its xg loads, issued early by the pointwise step,
+// were off the critical path, and folded they wait at the product's end (the 2-layer seed
+// RNN's forward 0.432 -> 0.463 ms).
+template <class Backend>
+FR_HD bool folds_recurrent(const LayerDims& d) {
+  return Backend::kFoldRecurrent && d.mode == Mode::LSTM;
+}
+
 // The buffers of one layer's forward loop (each part offsets them by its rows).
 // `hp_scratch`: [2, B, P], for unit parts without training (the previous state each step,
 // double-buffered); otherwise unused.
 template <class scalar_t>
 struct ForwardBuffers {
-  const scalar_t* xproj;                        // [N, G], or null with a step projection
+  scalar_t* xproj;                              // [N, G], or null with a step projection
   const StepProjection<scalar_t>* step_proj;    // host only
   Weight<scalar_t> w_hh_t;                      // [P, G]
   const scalar_t* w_hr_t;                       // [H, P] (projected)
@@ -431,7 +445,7 @@ struct ForwardBuffers {
   scalar_t* h_state;                            // [B, P]
   scalar_t* c_state;                            // [B, H] (LSTM)
   scalar_t* c_all;                              // [N, H] (cell_states)
-  scalar_t* hg;                                 // [B, G]
+  scalar_t* hg;                                 // [B, G], or null (folds_recurrent)
   scalar_t* r_scratch;                          // [B, H] (projected, no training)
   scalar_t* hp_scratch;
   WorkspaceView<scalar_t> ws;
@@ -463,7 +477,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
   const WorkspaceView<scalar_t>& ws = b.ws;
   scalar_t* h_state = b.h_state + part.begin * P;
   scalar_t* c_state = b.c_state ? b.c_state + part.begin * H : nullptr;
-  scalar_t* hg = b.hg + part.begin * G;
+  scalar_t* hg = b.hg ? b.hg + part.begin * G : nullptr;  // null where folds_recurrent
   scalar_t* r_scratch = b.r_scratch ? b.r_scratch + part.begin * H : nullptr;
   const bool in_loop = Backend::kStepProjection && b.step_proj;
   StepPointers<scalar_t, Backend::kStepProjection> xg_at(in_loop ? s.T : 0);
@@ -477,7 +491,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
         chunk_end = project_chunk<Backend>(s, d, reverse, part, *b.step_proj, step, xg_at.data());
       }
     }
-    const scalar_t* xg = in_loop ? xg_at[t] : b.xproj + off * G;
+    scalar_t* xg = in_loop ? xg_at[t] : b.xproj + off * G;
     // h_{t-1} for the recurrent GEMM: the state itself, saved for the backward pass in training.
     const scalar_t* h_prev = h_state;
     if (part.units_split) {
@@ -490,12 +504,19 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
-    if (step > 0 || !b.zero_h0) gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, hg);
+    // h_{t-1} W_hh^T: added onto x_t's projection by the product itself where the backend
+    // folds it (folds_recurrent; the pointwise step then reads one [n, G] block, which the
+    // product has just brought into cache, where it read two), else into hg.
+    const bool fold = folds_recurrent<Backend>(d);
+    if (step > 0 || !b.zero_h0) {
+      gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, scalar_t(fold ? 1 : 0), fold ? xg : hg);
+    }
+    const scalar_t* hg_in = fold ? nullptr : hg;
     scalar_t* out = b.output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
         scalar_t* r = d.proj ? (Train ? ws.r + off * H : r_scratch) : out;
-        LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
+        LSTMForward<scalar_t, Train> f{xg, hg_in, c_state, r, d.proj ? nullptr : h_state,
                                        Train ? ws.gates + off * 4 * H : nullptr,
                                        Train ? ws.c_prev + off * H : nullptr,
                                        b.c_all ? b.c_all + off * H : nullptr, H, d.proj ? H : P};
@@ -797,18 +818,20 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
-  at::Tensor hg = zero_h0 ? at::zeros({s.B, d.G}, opts) : at::empty({s.B, d.G}, opts);
+  const int64_t hg_rows = folds_recurrent<Backend>(d) ? 0 : s.B;
+  at::Tensor hg = zero_h0 ? at::zeros({hg_rows, d.G}, opts) : at::empty({hg_rows, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
   at::Tensor hp_scratch =
       at::empty({!a.train && parts[0].units_split ? 2 * s.B * d.P : 0}, opts);
   const ForwardBuffers<scalar_t> buffers{
-      xproj.const_data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr, w_hh_t.view(),
+      xproj.data_ptr<scalar_t>(), step_proj ? &*step_proj : nullptr, w_hh_t.view(),
       d.proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr,
       b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
       h_state.data_ptr<scalar_t>(),
       d.mode == Mode::LSTM ? c_state.data_ptr<scalar_t>() : nullptr,
-      a.cell_states ? cells.data_ptr<scalar_t>() : nullptr, hg.data_ptr<scalar_t>(),
+      a.cell_states ? cells.data_ptr<scalar_t>() : nullptr,
+      hg.numel() ? hg.data_ptr<scalar_t>() : nullptr,
       r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
       hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws, zero_h0};
   // The backend may run the whole loop as one kernel (CUDA, small layers); else step by step.

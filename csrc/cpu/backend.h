@@ -494,10 +494,10 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
   return true;
 }
 
-// The loops over a product's R rows fully unrolled: GCC then keeps the accumulator arrays in
-// registers; without it (once the reduction runs over several runs) it kept them on the stack,
-// storing all twelve on every multiply-add step.
-#define FR_UNROLL_ROWS _Pragma("GCC unroll 8")
+// The loops over a product's R rows fully unrolled (R <= kGroupRows): GCC then keeps the
+// accumulator arrays in registers; without it (once the reduction runs over several runs) it
+// kept them on the stack, storing all twelve on every multiply-add step.
+#define FR_UNROLL_ROWS _Pragma("GCC unroll 16")
 
 // The reduction of a product repeated over `count` runs of k terms each, A and B advancing by
 // a_step / b_step elements from one run to the next: C = sum over runs of A_run B_run, in
@@ -505,6 +505,21 @@ inline bool blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
 // several steps, a step's batch apart in the time-major buffers.)
 struct Runs {
   int64_t count = 1, a_step = 0, b_step = 0;
+};
+
+// A's R rows of a pass, addressed as GCC keeps them in registers: one base pointer per three
+// rows and the offsets 0, a_rs, 2 a_rs (row r at bases[r / 3] + (r % 3) a_rs). With a pointer
+// per row (what GCC made of A[r * a_rs + p * a_cs]) fourteen rows ran out of the 16 general
+// registers: it reloaded the pointers from the stack on every multiply-add step.
+template <int R, class T>
+struct RowsOf {
+  static constexpr int kBases = (R + 2) / 3;
+  const T* bases[kBases];
+  int64_t rs;
+  RowsOf(const T* a, int64_t a_rs) : rs(a_rs) {
+    for (int q = 0; q < kBases; ++q) bases[q] = a + 3 * q * a_rs;
+  }
+  T at(int r, int64_t offset) const { return bases[r / 3][(r % 3) * rs + offset]; }
 };
 
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C) for the small products of the seed models
@@ -532,6 +547,14 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
   const auto full = [](const T* p) { return Vec::loadu(p); };
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
+    // C's lines requested now, while the multiply-adds run: the stores (and beta's loads) at
+    // the end otherwise waited on memory where C is a large product's output (fastrnns' input
+    // projection, [6400, 2048]: 171 -> 189 GFLOP/s in a standalone copy of this kernel).
+    FR_UNROLL_ROWS
+    for (int r = 0; r < R; ++r) {
+      __builtin_prefetch(C + r * ldc + j, 1);
+      __builtin_prefetch(C + r * ldc + j + W, 1);
+    }
     Vec acc[R][2];
     FR_UNROLL_ROWS
     for (int r = 0; r < R; ++r) {
@@ -539,7 +562,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       acc[r][1] = init(j + W, full);
     }
     for (int64_t run = 0; run < run_count; ++run) {
-      const T* a = A + run * runs.a_step;
+      const RowsOf<R, T> a(A + run * runs.a_step, a_rs);
       const TB* b = B + run * runs.b_step + j;
       int64_t p = 0;
       if constexpr (R <= 2) {
@@ -554,7 +577,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
           const Vec c1 = lane_of(b + (p + 1) * ldb + W);
           FR_UNROLL_ROWS
           for (int r = 0; r < R; ++r) {
-            const Vec a0(a[r * a_rs + p * a_cs]), a1(a[r * a_rs + (p + 1) * a_cs]);
+            const Vec a0(a.at(r, p * a_cs)), a1(a.at(r, (p + 1) * a_cs));
             acc[r][0] = at::vec::fmadd(a0, b0, acc[r][0]);
             acc[r][1] = at::vec::fmadd(a0, b1, acc[r][1]);
             odd[r][0] = at::vec::fmadd(a1, c0, odd[r][0]);
@@ -571,7 +594,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
         const Vec b0 = lane_of(b + p * ldb), b1 = lane_of(b + p * ldb + W);
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
-          const Vec a0(a[r * a_rs + p * a_cs]);
+          const Vec a0(a.at(r, p * a_cs));
           acc[r][0] = at::vec::fmadd(a0, b0, acc[r][0]);
           acc[r][1] = at::vec::fmadd(a0, b1, acc[r][1]);
         }
@@ -602,22 +625,22 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       acc2[r] = Vec(T(0));
     }
     for (int64_t run = 0; run < run_count; ++run) {
-      const T* a = A + run * runs.a_step;
+      const RowsOf<R, T> a(A + run * runs.a_step, a_rs);
       const TB* b = B + run * runs.b_step + j;
       int64_t p = 0;
       for (; p + 2 <= k; p += 2) {
         const Vec b0 = lane.load(b + p * ldb), b1 = lane.load(b + (p + 1) * ldb);
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
-          acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
-          acc2[r] = at::vec::fmadd(Vec(a[r * a_rs + (p + 1) * a_cs]), b1, acc2[r]);
+          acc[r] = at::vec::fmadd(Vec(a.at(r, p * a_cs)), b0, acc[r]);
+          acc2[r] = at::vec::fmadd(Vec(a.at(r, (p + 1) * a_cs)), b1, acc2[r]);
         }
       }
       if (p < k) {
         const Vec b0 = lane.load(b + p * ldb);
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
-          acc[r] = at::vec::fmadd(Vec(a[r * a_rs + p * a_cs]), b0, acc[r]);
+          acc[r] = at::vec::fmadd(Vec(a.at(r, p * a_cs)), b0, acc[r]);
         }
       }
     }
@@ -650,14 +673,19 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
 // DESIGN.md's fp32 tolerance (tests/test_parity.py: test_fp32_long_sums).
 constexpr int64_t kSumChunk = 256;
 
-// AVX-512 has 32 registers: eight rows per pass (16 accumulators), B's lanes read from cache
-// 3/4 as often per row. (Twelve rows, 24 accumulators, ran at less than half the rate: GCC
-// spilled them.)
+// AVX-512 has 32 registers: fourteen rows per pass (28 accumulators, 2 B lanes, a broadcast),
+// B's lanes read from cache 3/7 as often per row as at six. (Twelve rows once ran at less than
+// half the rate: FR_UNROLL_ROWS unrolled eight, the accumulators went to the stack; and with a
+// pointer per row, see RowsOf, GCC reloaded A's row pointers from the stack.) Standalone copy
+// of the kernel, [64 or 168, 512] x a packed [512, 2048], one thread, GFLOP/s (FMA peak 243):
+// 8 rows 192-207, 12 rows 201-217, 14 rows 210-227; fastrnns' forward without autograd, one
+// thread: 165.9 -> 151.9 ms (torch.nn 149.5 -> 141.6 in the same runs: this host is noisy).
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int kGroupRows = 8;
+constexpr int kGroupRows = 14;
 #else
 constexpr int kGroupRows = 6;
 #endif
+static_assert(kGroupRows <= 16, "FR_UNROLL_ROWS unrolls sixteen rows");
 
 template <int R, bool kRuns, class T, class TB>
 void gemm_rows_of(int rows, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
@@ -1310,6 +1338,13 @@ struct CPUBackend {
   // 185 -> 176, T 50 B 16 I = H 512 21.8 -> 20.6, I = H 256 5.76 -> 5.52; below it the loop
   // stays ahead: B 64 I = H 128 6.18 vs 6.97, IMDB 6.72 vs 7.35, GRU I = H 256 7.71 vs 8.31.
   static constexpr bool kStepProjection = true;
+  // LSTM's step product adds itself onto x_t's projection (folds_recurrent: C = xg, beta 1;
+  // gemm_rows prefetches C): the pointwise step read xg from memory (the projection of all
+  // steps, written long before; perf put half of its samples on those loads) and hg besides.
+  // fastrnns forward without autograd, one thread, min of 12 alternating runs in one process:
+  // 144.3 -> 141.0 ms (2 threads 78.8 -> 76.4); `bench`, 3 runs each, fused fwd+bwd best ms:
+  // toxic 0.384 -> 0.354, IMDB 10.48 -> 9.90, IMDB packed 8.43 -> 7.80, fastrnns 232.5 -> 227.7.
+  static constexpr bool kFoldRecurrent = true;
   static constexpr int64_t kStepProjectionChunk = 64 * 1024;
   static constexpr int64_t kStepProjectionMaxWeightBytes = 1024 * 1024;
   static bool project_in_loop(const Schedule& s, const LayerDims& d, const at::Tensor& x) {

@@ -78,6 +78,8 @@ struct CUDABackend {
 
   // The input projection is one GEMM before the loop (project_input): the GPU runs it at its peak.
   static constexpr bool kStepProjection = false;
+  // The step's product writes hg and the pointwise kernel adds xg (not measured folded on a GPU).
+  static constexpr bool kFoldRecurrent = false;
   // The weight gradients are GEMMs after the loop (cuBLAS), not partial sums inside it.
   static constexpr bool kStepGradients = false;
   // No check that h0 is zeros (first_state_zero): reading its answer would wait for the device.

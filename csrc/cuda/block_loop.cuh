@@ -112,6 +112,7 @@ __device__ __forceinline__ at::opmath_type<scalar_t> register_dot(const scalar_t
 template <bool kRegisterWeight>
 struct BlockBackend {
   static constexpr bool kStepProjection = false;
+  static constexpr bool kFoldRecurrent = false;  // hg is the block's own (carved) buffer
   static constexpr bool kStepGradients = false;
 
   template <class scalar_t>
