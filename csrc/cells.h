@@ -93,7 +93,7 @@ template <class scalar_t, bool Train>
 struct LSTMForward {
   using scalar_type = scalar_t;
   const scalar_t* xg;  // [n, 4H]  (may be the same memory as `gates`: read before written)
-  const scalar_t* hg;  // [n, 4H], or null: the step's product was added onto xg (kFoldRecurrent)
+  const scalar_t* hg;  // [n, 4H], or null: the step's product was added onto xg (folds_recurrent)
   scalar_t* c_state;   // [B, H]  c_{t-1} in, c_t out
   scalar_t* h_out;     // [n, ld_h] h_t (or o*tanh(c_t) when projected)
   scalar_t* h_state;   // [B, H] or nullptr (projected: the loop writes W_hr r instead)

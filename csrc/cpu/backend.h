@@ -1338,13 +1338,6 @@ struct CPUBackend {
   // 185 -> 176, T 50 B 16 I = H 512 21.8 -> 20.6, I = H 256 5.76 -> 5.52; below it the loop
   // stays ahead: B 64 I = H 128 6.18 vs 6.97, IMDB 6.72 vs 7.35, GRU I = H 256 7.71 vs 8.31.
   static constexpr bool kStepProjection = true;
-  // LSTM's step product adds itself onto x_t's projection (folds_recurrent: C = xg, beta 1;
-  // gemm_rows prefetches C): the pointwise step read xg from memory (the projection of all
-  // steps, written long before; perf put half of its samples on those loads) and hg besides.
-  // fastrnns forward without autograd, one thread, min of 12 alternating runs in one process:
-  // 144.3 -> 141.0 ms (2 threads 78.8 -> 76.4); `bench`, 3 runs each, fused fwd+bwd best ms:
-  // toxic 0.384 -> 0.354, IMDB 10.48 -> 9.90, IMDB packed 8.43 -> 7.80, fastrnns 232.5 -> 227.7.
-  static constexpr bool kFoldRecurrent = true;
   static constexpr int64_t kStepProjectionChunk = 64 * 1024;
   static constexpr int64_t kStepProjectionMaxWeightBytes = 1024 * 1024;
   static bool project_in_loop(const Schedule& s, const LayerDims& d, const at::Tensor& x) {
@@ -1352,6 +1345,14 @@ struct CPUBackend {
            d.I * d.G * int64_t(x.element_size()) < kStepProjectionMaxWeightBytes &&
            RowBlocks::of(x).has_value();
   }
+
+  // LSTM's step product adds itself onto x_t's projection (folds_recurrent: C = xg, beta 1;
+  // gemm_rows prefetches C): the pointwise step read xg from memory (the projection of all
+  // steps, written long before; perf put half of its samples on those loads) and hg besides.
+  // fastrnns forward without autograd, one thread, min of 12 alternating runs in one process:
+  // 144.3 -> 141.0 ms (2 threads 78.8 -> 76.4); `bench`, 3 runs each, fused fwd+bwd best ms:
+  // toxic 0.384 -> 0.354, IMDB 10.48 -> 9.90, IMDB packed 8.43 -> 7.80, fastrnns 232.5 -> 227.7.
+  static constexpr bool kFoldRecurrent = true;
 
   // The loops run here, part by part (for_each_part).
   template <class scalar_t>
