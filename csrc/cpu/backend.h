@@ -54,7 +54,10 @@ namespace fused_rnn {
 // error at the level of the exp's.
 // Always inlined: called out of line (as GCC chose for the masked-lane types) the lanes went
 // through memory on every call, a third of the tiny models' forward time.
-#define FR_VEC_INLINE __attribute__((always_inline)) static inline
+// (FR_ALWAYS_INLINE: the same for the lane types' members; perf found RowsVec::load called
+// through the PLT, 11% of the toxic LSTM's forward+backward.)
+#define FR_ALWAYS_INLINE __attribute__((always_inline))
+#define FR_VEC_INLINE FR_ALWAYS_INLINE static inline
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 // x86 builds (setup.py: CPU_TIERS): the pieces below where at::vec's own are slow, written once
@@ -387,14 +390,14 @@ struct PairVec : at::vec::Vectorized<T> {
   PairVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit PairVec(T v) : Base(v) {}
 
-  static PairVec load(const T* p, int64_t ld) {
+  FR_ALWAYS_INLINE static PairVec load(const T* p, int64_t ld) {
     if constexpr (std::is_same_v<T, float>) {
       return Base(_mm256_insertf128_ps(_mm256_castps128_ps256(half_load(p)), half_load(p + ld), 1));
     } else {
       return Base(_mm256_insertf128_pd(_mm256_castpd128_pd256(half_load(p)), half_load(p + ld), 1));
     }
   }
-  void store(T* p, int64_t ld) const {
+  FR_ALWAYS_INLINE void store(T* p, int64_t ld) const {
     if constexpr (std::is_same_v<T, float>) {
       half_store(p, _mm256_castps256_ps128(*this));
       half_store(p + ld, _mm256_extractf128_ps(*this, 1));
@@ -428,8 +431,8 @@ struct PairVec : at::vec::Vectorized<T> {
 template <class T, int Count>
 struct Math<PairVec<T, Count>> : VecMath<T, PairVec<T, Count>> {
   using V = PairVec<T, Count>;
-  static V load(const T* p, int64_t ld) { return V::load(p, ld); }
-  static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
+  FR_ALWAYS_INLINE static V load(const T* p, int64_t ld) { return V::load(p, ld); }
+  FR_ALWAYS_INLINE static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
 };
 #endif
 
@@ -451,7 +454,7 @@ struct RowsVec : at::vec::Vectorized<T> {
   RowsVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit RowsVec(T v) : Base(v) {}
 
-  static RowsVec load(const T* p, int64_t ld) {
+  FR_ALWAYS_INLINE static RowsVec load(const T* p, int64_t ld) {
     Base parts[kRows];
     for (int r = 0; r < kRows; ++r) parts[r] = masked_load(mask(r), at(p, ld, r));
     for (int step = 1; step < kRows; step *= 2) {  // (independent loads, then a tree of ors)
@@ -459,7 +462,7 @@ struct RowsVec : at::vec::Vectorized<T> {
     }
     return parts[0];
   }
-  void store(T* p, int64_t ld) const {
+  FR_ALWAYS_INLINE void store(T* p, int64_t ld) const {
     for (int r = 0; r < kRows; ++r) masked_store(at(p, ld, r), mask(r), Base(*this));
   }
 
@@ -475,8 +478,8 @@ struct RowsVec : at::vec::Vectorized<T> {
 template <class T, int Count>
 struct Math<RowsVec<T, Count>> : VecMath<T, RowsVec<T, Count>> {
   using V = RowsVec<T, Count>;
-  static V load(const T* p, int64_t ld) { return V::load(p, ld); }
-  static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
+  FR_ALWAYS_INLINE static V load(const T* p, int64_t ld) { return V::load(p, ld); }
+  FR_ALWAYS_INLINE static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
 };
 #endif
 
