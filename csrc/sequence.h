@@ -477,7 +477,11 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
   const WorkspaceView<scalar_t>& ws = b.ws;
   scalar_t* h_state = b.h_state + part.begin * P;
   scalar_t* c_state = b.c_state ? b.c_state + part.begin * H : nullptr;
-  scalar_t* hg = b.hg ? b.hg + part.begin * G : nullptr;  // null where folds_recurrent
+  // h_{t-1} W_hh^T: added onto x_t's projection by the product itself where the backend folds
+  // it (folds_recurrent; the pointwise step then reads one [n, G] block, which the product has
+  // just brought into cache, where it read two; hg is null), else into hg.
+  const bool fold = folds_recurrent<Backend>(d);
+  scalar_t* hg = b.hg ? b.hg + part.begin * G : nullptr;
   scalar_t* r_scratch = b.r_scratch ? b.r_scratch + part.begin * H : nullptr;
   const bool in_loop = Backend::kStepProjection && b.step_proj;
   StepPointers<scalar_t, Backend::kStepProjection> xg_at(in_loop ? s.T : 0);
@@ -504,19 +508,14 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
-    // h_{t-1} W_hh^T: added onto x_t's projection by the product itself where the backend
-    // folds it (folds_recurrent; the pointwise step then reads one [n, G] block, which the
-    // product has just brought into cache, where it read two), else into hg.
-    const bool fold = folds_recurrent<Backend>(d);
     if (step > 0 || !b.zero_h0) {
       gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, scalar_t(fold ? 1 : 0), fold ? xg : hg);
     }
-    const scalar_t* hg_in = fold ? nullptr : hg;
     scalar_t* out = b.output + off * P;
     switch (d.mode) {
       case Mode::LSTM: {
         scalar_t* r = d.proj ? (Train ? ws.r + off * H : r_scratch) : out;
-        LSTMForward<scalar_t, Train> f{xg, hg_in, c_state, r, d.proj ? nullptr : h_state,
+        LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
                                        Train ? ws.gates + off * 4 * H : nullptr,
                                        Train ? ws.c_prev + off * H : nullptr,
                                        b.c_all ? b.c_all + off * H : nullptr, H, d.proj ? H : P};

@@ -385,6 +385,7 @@ template <class T, int Count>
 struct PairVec : at::vec::Vectorized<T> {
   using Base = at::vec::Vectorized<T>;
   static constexpr int kHalf = Base::size() / 2;
+  static constexpr int kRows = 2;
   static_assert(Count >= 1 && Count <= kHalf, "PairVec holds up to half a lane per row");
   PairVec() = default;
   PairVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
@@ -427,13 +428,6 @@ struct PairVec : at::vec::Vectorized<T> {
     store_partial(p, v, Count);
   }
 };
-
-template <class T, int Count>
-struct Math<PairVec<T, Count>> : VecMath<T, PairVec<T, Count>> {
-  using V = PairVec<T, Count>;
-  FR_ALWAYS_INLINE static V load(const T* p, int64_t ld) { return V::load(p, ld); }
-  FR_ALWAYS_INLINE static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
-};
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -474,10 +468,20 @@ struct RowsVec : at::vec::Vectorized<T> {
                                 uintptr_t(r * (ld - kSlot) * int64_t(sizeof(T))));
   }
 };
+#endif
 
+// Several rows per lane for the partial lane's rows (apply_tail): kRows rows of Count elements.
+#if defined(CPU_CAPABILITY_AVX512)
 template <class T, int Count>
-struct Math<RowsVec<T, Count>> : VecMath<T, RowsVec<T, Count>> {
-  using V = RowsVec<T, Count>;
+using RowsLane = RowsVec<T, Count>;
+#elif defined(CPU_CAPABILITY_AVX2)
+template <class T, int Count>
+using RowsLane = PairVec<T, Count>;
+#endif
+#if defined(FR_X86_LANES)
+template <class T, int Count>
+struct Math<RowsLane<T, Count>> : VecMath<T, RowsLane<T, Count>> {
+  using V = RowsLane<T, Count>;
   FR_ALWAYS_INLINE static V load(const T* p, int64_t ld) { return V::load(p, ld); }
   FR_ALWAYS_INLINE static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
 };
@@ -1807,14 +1811,10 @@ struct CPUBackend {
     auto run = [&](auto count) {
       constexpr int C = decltype(count)::value;
       int64_t b = begin;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(FR_X86_LANES)
       if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
-        for (; b + 2 <= end; b += 2) f.template apply<PairVec<T, C>>(b, j);
-      }
-#elif defined(CPU_CAPABILITY_AVX512)
-      if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
-        constexpr int R = RowsVec<T, C>::kRows;
-        for (; b + R <= end; b += R) f.template apply<RowsVec<T, C>>(b, j);
+        constexpr int R = RowsLane<T, C>::kRows;
+        for (; b + R <= end; b += R) f.template apply<RowsLane<T, C>>(b, j);
       }
 #endif
       for (; b < end; ++b) f.template apply<TailVec<T, C>>(b, j);
