@@ -55,6 +55,7 @@ struct ScalarMath {
   template <class S>
   static FR_HD void store(S* p, int64_t /*ld*/, T v) { *p = static_cast<S>(v); }
   static FR_HD T splat(T v) { return v; }
+  static constexpr bool kRowSlots = false;  // (lane_product: CPU lanes only)
   static FR_HD T exp(T x);
   static FR_HD T tanh(T x);
   static FR_HD T sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
@@ -86,6 +87,22 @@ struct Math<float> : ScalarMath<float> {};
 template <>
 struct Math<double> : ScalarMath<double> {};
 
+// The step's recurrent product made in registers, where Math<V>::kRowSlots (the CPU's tiny
+// layers: CPUBackend::lanes_hold_rows): each of V's row slots holds one row's whole state, its
+// kCount elements the layer's H units, and `lanes` holds the rows of a weight as lanes
+// (CPUBackend::recurrent_lanes: lane k * N + q is row k's q-th block of H weights, repeated in
+// every slot). acc[q] += the sum over k of (each row's element k of x) times lane k * N + q.
+template <class V, int N, class T>
+FR_HD void lane_product(V x, const T* lanes, V (&acc)[N]) {
+  using M = Math<V>;
+  for (int k = 0; k < M::kCount; ++k) {
+    const V xk = M::slot_splat(x, k);
+    for (int q = 0; q < N; ++q) {
+      acc[q] = M::fmadd(xk, M::lane(lanes + (k * N + q) * M::kLane), acc[q]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. `Train` decides whether what backward needs is saved (haste's <T, Training>).
 
@@ -101,22 +118,24 @@ struct LSTMForward {
   scalar_t* c_prev;    // [n, H]  saved c_{t-1}
   scalar_t* c_all;     // [n, H]  c_t, when the caller asked for every step's cell state
   int64_t H, ld_h;
+  // W_hh^T [H, 4H] as lanes (lane_product), or null. Not null: the step's h_{t-1} W_hh^T is
+  // made here from h_state (hg is null and the loop makes no product).
+  const scalar_t* w_lanes = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
     const int64_t G = 4 * H, g0 = b * G + j;
     // Every load first, so that a GPU thread waits for them once, not once per gate.
-    V xi = M::load(xg + g0, G), xf = M::load(xg + g0 + H, G);
-    V xc = M::load(xg + g0 + 2 * H, G), xo = M::load(xg + g0 + 3 * H, G);
+    V x[4] = {M::load(xg + g0, G), M::load(xg + g0 + H, G), M::load(xg + g0 + 2 * H, G),
+              M::load(xg + g0 + 3 * H, G)};
     if (hg) {
-      const V hi = M::load(hg + g0, G), hf = M::load(hg + g0 + H, G);
-      const V hc = M::load(hg + g0 + 2 * H, G), ho = M::load(hg + g0 + 3 * H, G);
-      xi = xi + hi;
-      xf = xf + hf;
-      xc = xc + hc;
-      xo = xo + ho;
+      for (int q = 0; q < 4; ++q) x[q] = x[q] + M::load(hg + g0 + q * H, G);
     }
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) lane_product(M::load(h_state + b * H, H), w_lanes, x);
+    }
+    const V xi = x[0], xf = x[1], xc = x[2], xo = x[3];
     const V cp = M::load(c_state + b * H + j, H);
     const V i = M::sigmoid(xi);
     const V f = M::sigmoid(xf);
@@ -148,6 +167,7 @@ struct GRUForward {
   scalar_t* h_out;      // [n, H]
   scalar_t* gates;      // [n, 4H] saved r, z, n, hn
   int64_t H;
+  const scalar_t* w_lanes = nullptr;  // W_hh^T as lanes, or null (LSTMForward's; hg null)
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -156,9 +176,19 @@ struct GRUForward {
     // Every load first (see LSTMForward).
     const V xr = M::load(xg + g0, G), xz = M::load(xg + g0 + H, G);
     const V xn = M::load(xg + g0 + 2 * H, G);
-    const V hr = M::load(hg + g0, G), hz = M::load(hg + g0 + H, G);
-    V hn = M::load(hg + g0 + 2 * H, G);
     const V hp = M::load(h_state + b * H + j, H);
+    V h3[3];  // W_hh h_{t-1}: r, z, n
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) {
+        h3[0] = h3[1] = h3[2] = M::splat(0);
+        lane_product(hp, w_lanes, h3);
+      }
+    }
+    if (hg) {
+      for (int q = 0; q < 3; ++q) h3[q] = M::load(hg + g0 + q * H, G);
+    }
+    const V hr = h3[0], hz = h3[1];
+    V hn = h3[2];
     if (b_hn) hn = hn + M::load(b_hn + j, 0);  // the same for every row
     const V r = M::sigmoid(xr + hr);
     const V z = M::sigmoid(xz + hz);
@@ -180,17 +210,22 @@ template <class scalar_t, bool Train, bool Relu>
 struct RNNForward {
   using scalar_type = scalar_t;
   const scalar_t* xg;  // [n, H]
-  const scalar_t* hg;  // [n, H]
+  const scalar_t* hg;  // [n, H], or null (w_lanes)
   scalar_t* h_state;   // [B, H]
   scalar_t* h_out;     // [n, H]
   scalar_t* gates;     // [n, H] saved h_t (the activation's derivative is a function of it)
   int64_t H;
+  const scalar_t* w_lanes = nullptr;  // W_hh^T as lanes, or null (LSTMForward's)
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
     using M = Math<V>;
-    const V pre = M::load(xg + b * H + j, H) + M::load(hg + b * H + j, H);
-    const V h = Relu ? M::relu(pre) : M::tanh(pre);
+    V pre[1] = {M::load(xg + b * H + j, H)};
+    if (hg) pre[0] = pre[0] + M::load(hg + b * H + j, H);
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) lane_product(M::load(h_state + b * H, H), w_lanes, pre);
+    }
+    const V h = Relu ? M::relu(pre[0]) : M::tanh(pre[0]);
     M::store(h_state + b * H + j, H, h);
     M::store(h_out + b * H + j, H, h);
     if (Train) M::store(gates + b * H + j, H, h);
@@ -214,6 +249,10 @@ struct LSTMBackward {
   scalar_t* dc_state;      // [B, H]  dc_t in, dc_{t-1} out
   scalar_t* dgates;        // [n, 4H] (may be the same memory as `gates`)
   int64_t H, ld_dh;
+  // W_hh [4H, H] as lanes (lane_product), or null. Not null: dh_{t-1} = dgates W_hh is made
+  // here into dh_prev (dh's rows: not projected) and the loop makes no product.
+  const scalar_t* w_lanes = nullptr;
+  scalar_t* dh_prev = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -228,11 +267,24 @@ struct LSTMBackward {
     const V tc = M::tanh(f * cp + i * g);
     V dc = M::load(dc_state + b * H + j, H) + dht * o * (one - tc * tc);
     if (dc_all) dc = dc + M::load(dc_all + b * H + j, H);
-    M::store(dgates + g0, G, dc * g * i * (one - i));
-    M::store(dgates + g0 + H, G, dc * cp * f * (one - f));
-    M::store(dgates + g0 + 2 * H, G, dc * i * (one - g * g));
-    M::store(dgates + g0 + 3 * H, G, dht * tc * o * (one - o));
+    const V di = dc * g * i * (one - i), df = dc * cp * f * (one - f);
+    const V dg = dc * i * (one - g * g), d_o = dht * tc * o * (one - o);
+    M::store(dgates + g0, G, di);
+    M::store(dgates + g0 + H, G, df);
+    M::store(dgates + g0 + 2 * H, G, dg);
+    M::store(dgates + g0 + 3 * H, G, d_o);
     M::store(dc_state + b * H + j, H, dc * f);
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) {  // a chain of multiply-adds per gate, added at the end
+        const V d[4] = {di, df, dg, d_o};
+        V acc[4][1];
+        for (int q = 0; q < 4; ++q) {
+          acc[q][0] = M::splat(0);
+          lane_product(d[q], w_lanes + q * H * M::kLane, acc[q]);
+        }
+        M::store(dh_prev + b * H, H, (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]));
+      }
+    }
   }
 };
 
@@ -249,6 +301,9 @@ struct GRUBackward {
   // torch.nn's order r, z, n: the two share dr and dz, so 4H columns hold both.
   scalar_t* dgates;
   int64_t H;
+  // W_hh [3H, H] (rows r, z, n, not rolled) as lanes, or null. Not null: all of dh_{t-1} is
+  // made here, its W_hh part too (LSTMBackward's).
+  const scalar_t* w_lanes = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -269,7 +324,19 @@ struct GRUBackward {
     M::store(dgates + s0 + H, S, dr);
     M::store(dgates + s0 + 2 * H, S, dz);
     M::store(dgates + s0 + 3 * H, S, dn);
-    M::store(dh_state + b * H + j, H, dht * z);
+    V dh_prev[1] = {dht * z};
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) {  // the gradients of W_hh h's r, z and n parts, each times its rows
+        const V parts[3] = {dr, dz, dn * r};
+        V acc[3][1];
+        for (int q = 0; q < 3; ++q) {
+          acc[q][0] = M::splat(0);
+          lane_product(parts[q], w_lanes + q * H * M::kLane, acc[q]);
+        }
+        dh_prev[0] = dh_prev[0] + ((acc[0][0] + acc[1][0]) + acc[2][0]);
+      }
+    }
+    M::store(dh_state + b * H + j, H, dh_prev[0]);
   }
 };
 
@@ -281,6 +348,8 @@ struct RNNBackward {
   const scalar_t* dout;   // [n, H]
   scalar_t* dgates;       // [n, H] (may be the same memory as `gates`)
   int64_t H;
+  const scalar_t* w_lanes = nullptr;  // W_hh as lanes, or null (LSTMBackward's)
+  scalar_t* dh_prev = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -290,6 +359,13 @@ struct RNNBackward {
     if (dout) dht = dht + M::load(dout + b * H + j, H);
     const V dpre = Relu ? M::relu_backward(dht, h) : dht * (M::splat(1) - h * h);
     M::store(dgates + b * H + j, H, dpre);
+    if constexpr (M::kRowSlots) {
+      if (w_lanes) {
+        V acc[1] = {M::splat(0)};
+        lane_product(dpre, w_lanes, acc);
+        M::store(dh_prev + b * H, H, acc[0]);
+      }
+    }
   }
 };
 

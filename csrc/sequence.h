@@ -23,6 +23,10 @@
 //   kFoldRecurrent                                                 whether a step's h W_hh^T
 //                                                                  adds itself onto x_t's
 //                                                                  projection (forward_loop)
+//   kLaneRecurrent; where true also                                whether tiny layers' steps
+//   lanes_hold_rows<scalar_t>(H), recurrent_lanes<scalar_t>(w, H)  make their recurrent
+//                                                                  products in the pointwise
+//                                                                  step (lane_recurrent)
 //   grad_weight<scalar_t>(dgates, inputs, out),
 //   grad_input<scalar_t>(dgates, w, input, batch_first),
 //   column_sums<scalar_t>(dgates)                                  after the loop
@@ -431,6 +435,23 @@ FR_HD bool folds_recurrent(const LayerDims& d) {
   return Backend::kFoldRecurrent && d.mode == Mode::LSTM;
 }
 
+// Whether the pointwise step makes the step's recurrent product itself, in registers
+// (lane_product, cells.h), from the weight as the backend's lanes (recurrent_lanes): for layers
+// so small (the CPU: H up to half a lane, where a lane holds whole rows) that a product call
+// per step cost more than its arithmetic, and the functor's loads waited on the product's
+// stores. Every mode; not projected LSTMs.
+// Returns the lanes of `w` (W_hh^T forward, W_hh backward), or an undefined tensor where the
+// loop makes the products.
+template <class Backend, class scalar_t>
+at::Tensor lane_recurrent(const at::Tensor& w, const LayerDims& d) {
+  if constexpr (Backend::kLaneRecurrent) {
+    if (!d.proj && Backend::template lanes_hold_rows<scalar_t>(d.H)) {
+      return Backend::template recurrent_lanes<scalar_t>(w, d.H);
+    }
+  }
+  return at::Tensor();
+}
+
 // The buffers of one layer's forward loop (each part offsets them by its rows).
 // `hp_scratch`: [2, B, P], for unit parts without training (the previous state each step,
 // double-buffered); otherwise unused.
@@ -450,6 +471,7 @@ struct ForwardBuffers {
   scalar_t* hp_scratch;
   WorkspaceView<scalar_t> ws;
   bool zero_h0 = false;  // h0 W_hh^T is zero (first_state_zero): processing step 0 skips it
+  const scalar_t* w_lanes = nullptr;  // W_hh^T as lanes (lane_recurrent), or null
 };
 
 // x_t W_ih^T + bias of a chunk's steps, for backends that project inside the loop.
@@ -508,7 +530,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
-    if (step > 0 || !b.zero_h0) {
+    if (!b.w_lanes && (step > 0 || !b.zero_h0)) {
       gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, scalar_t(fold ? 1 : 0), fold ? xg : hg);
     }
     scalar_t* out = b.output + off * P;
@@ -518,7 +540,8 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
         LSTMForward<scalar_t, Train> f{xg, hg, c_state, r, d.proj ? nullptr : h_state,
                                        Train ? ws.gates + off * 4 * H : nullptr,
                                        Train ? ws.c_prev + off * H : nullptr,
-                                       b.c_all ? b.c_all + off * H : nullptr, H, d.proj ? H : P};
+                                       b.c_all ? b.c_all + off * H : nullptr, H, d.proj ? H : P,
+                                       b.w_lanes};
         Backend::pointwise(f, n, u0, u1);
         if (d.proj) {
           Backend::gemm(n, P, H, r, H, b.w_hr_t, P, scalar_t(0), out, P);
@@ -528,7 +551,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       }
       case Mode::GRU: {
         GRUForward<scalar_t, Train> f{xg, hg, b.b_hn, h_state, out,
-                                      Train ? ws.gates + off * 4 * H : nullptr, H};
+                                      Train ? ws.gates + off * 4 * H : nullptr, H, b.w_lanes};
         Backend::pointwise(f, n, u0, u1);
         break;
       }
@@ -536,9 +559,9 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       case Mode::RNN_RELU: {
         scalar_t* saved = Train ? ws.gates + off * H : nullptr;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNForward<scalar_t, Train, true>{xg, hg, h_state, out, saved, H}, n, u0, u1);
+          Backend::pointwise(RNNForward<scalar_t, Train, true>{xg, hg, h_state, out, saved, H, b.w_lanes}, n, u0, u1);
         } else {
-          Backend::pointwise(RNNForward<scalar_t, Train, false>{xg, hg, h_state, out, saved, H}, n, u0, u1);
+          Backend::pointwise(RNNForward<scalar_t, Train, false>{xg, hg, h_state, out, saved, H, b.w_lanes}, n, u0, u1);
         }
         break;
       }
@@ -567,6 +590,7 @@ struct BackwardBuffers {
   scalar_t* dr;             // [B, H] (projected)
   bool hx_grad;             // false: no dh_{t-1} product at the first step (nothing needs dh_0)
   const StepGradients<scalar_t>* step_grads;  // host only: the gradients inside the loop, or null
+  const scalar_t* w_lanes = nullptr;  // W_hh as lanes (lane_recurrent), or null
 };
 
 // The weight and bias gradients inside the backward loop (backends with kStepGradients, where
@@ -665,13 +689,13 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
         }
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
                                  b.dc_all ? b.dc_all + off * H : nullptr, dc_state, dg, H,
-                                 d.proj ? H : P};
+                                 d.proj ? H : P, b.w_lanes, dh_state};
         Backend::pointwise(f, n, u0, u1);
         break;
       }
       case Mode::GRU: {
         GRUBackward<scalar_t> f{ws.gates + off * 4 * H, ws.h_prev + off * P, dh_state, dout_t,
-                                dg, H};
+                                dg, H, b.w_lanes};
         Backend::pointwise(f, n, u0, u1);
         break;
       }
@@ -679,9 +703,9 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
       case Mode::RNN_RELU: {
         const scalar_t* saved = ws.gates + off * H;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H}, n, u0, u1);
+          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H, b.w_lanes, dh_state}, n, u0, u1);
         } else {
-          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H}, n, u0, u1);
+          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H, b.w_lanes, dh_state}, n, u0, u1);
         }
         break;
       }
@@ -698,7 +722,8 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
       }
     }
     // dh_0 only where hx's gradient is wanted (every part decides alike: no barrier is left).
-    if (step == 0 && !b.hx_grad) break;
+    // With w_lanes the functor has made dh_{t-1} already.
+    if ((step == 0 && !b.hx_grad) || b.w_lanes) continue;
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
@@ -771,8 +796,12 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // both operands row-major ([P, G] and [H, P]).
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
+  // Tiny layers: the weight as lanes instead, for the pointwise step's own product.
+  const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh.t(), d);
+  const bool lanes = w_lanes.defined();
   const HeldWeight<scalar_t> w_hh_t =
-      hold_recurrent<Backend, scalar_t>(a.w_hh.t(), d.H, s, rows0, zero_h0);
+      lanes ? HeldWeight<scalar_t>{}
+            : hold_recurrent<Backend, scalar_t>(a.w_hh.t(), d.H, s, rows0, zero_h0);
   const at::Tensor w_hr_t = d.proj ? a.w_hr->t().contiguous() : at::Tensor();
   auto opts = x.options();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -817,7 +846,7 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   at::Tensor b_hn;
   if (d.mode == Mode::GRU && a.b_hh) b_hn = a.b_hh->narrow(0, 2 * d.H, d.H).contiguous();
 
-  const int64_t hg_rows = folds_recurrent<Backend>(d) ? 0 : s.B;
+  const int64_t hg_rows = folds_recurrent<Backend>(d) || lanes ? 0 : s.B;
   at::Tensor hg = zero_h0 ? at::zeros({hg_rows, d.G}, opts) : at::empty({hg_rows, d.G}, opts);
   at::Tensor r_scratch = at::empty({d.proj && !a.train ? s.B * d.H : 0}, opts);
   WorkspaceView<scalar_t> ws(workspace.data_ptr<scalar_t>(), d, s.N);
@@ -832,7 +861,8 @@ ForwardResult layer_forward(const ForwardArgs& a) {
       a.cell_states ? cells.data_ptr<scalar_t>() : nullptr,
       hg.numel() ? hg.data_ptr<scalar_t>() : nullptr,
       r_scratch.numel() ? r_scratch.data_ptr<scalar_t>() : nullptr,
-      hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws, zero_h0};
+      hp_scratch.numel() ? hp_scratch.data_ptr<scalar_t>() : nullptr, ws, zero_h0,
+      lanes ? w_lanes.const_data_ptr<scalar_t>() : nullptr};
   // The backend may run the whole loop as one kernel (CUDA, small layers); else step by step.
   if (!Backend::template fused_forward<scalar_t>(s, d, a.reverse, a.train, buffers)) {
     Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
@@ -924,8 +954,11 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   // Processing step 0's rows: without hx_grad their dh_0 product is left out (backward_loop).
   const int64_t t0 = s.N > 0 ? s.step(0, a.reverse) : 0, rows0 = s.N > 0 ? s.rows[t0] : 0;
   if (s.N > 0) {
+    const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh, d);
+    const bool lanes = w_lanes.defined();
     const HeldWeight<scalar_t> w_hh =
-        hold_recurrent<Backend, scalar_t>(a.w_hh, d.P, s, rows0, !hx_grad, roll);
+        lanes ? HeldWeight<scalar_t>{}
+              : hold_recurrent<Backend, scalar_t>(a.w_hh, d.P, s, rows0, !hx_grad, roll);
     const at::Tensor w_hr = d.proj ? a.w_hr->contiguous() : at::Tensor();
     // const_cast: without `consume` the workspace is only read; WorkspaceView serves both.
     WorkspaceView<scalar_t> ws(const_cast<scalar_t*>(workspace.const_data_ptr<scalar_t>()), d,
@@ -937,7 +970,8 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
         dh_state.data_ptr<scalar_t>(),
         d.mode == Mode::LSTM ? dc_state.data_ptr<scalar_t>() : nullptr,
         dgates.data_ptr<scalar_t>(), d.proj ? dh_all.data_ptr<scalar_t>() : nullptr,
-        d.proj ? dr.data_ptr<scalar_t>() : nullptr, hx_grad, step_grads ? &*step_grads : nullptr};
+        d.proj ? dr.data_ptr<scalar_t>() : nullptr, hx_grad, step_grads ? &*step_grads : nullptr,
+        lanes ? w_lanes.const_data_ptr<scalar_t>() : nullptr};
     if (!Backend::template fused_backward<scalar_t>(s, d, a.reverse, buffers)) {
       Backend::for_each_part(parts, [&](const Part& part, auto& sync) {
         backward_loop<Backend, scalar_t>(s, d, a.reverse, part, sync, buffers);

@@ -496,7 +496,7 @@ def test_fp32_long_sums(mode, steps, batch):
 # Hidden sizes whose last lane (8 floats / 4 doubles on AVX2) is at most half full: the CPU runs
 # those columns two rows per lane (csrc/cpu/backend.h: PairVec), with the odd row alone.
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("hidden", [1, 3, 4, 12, 18])
+@pytest.mark.parametrize("hidden", [1, 3, 4, 6, 8, 12, 18])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_small_hidden_row_pairs(mode, hidden, dtype):
     """Odd and even active row counts per step (packed, unsorted, both directions), h0/c0 given,

@@ -158,8 +158,49 @@ FR_VEC_INLINE T lane_sum(at::vec::Vectorized<T> v) {
   return at::vec::vec_reduce_all(std::plus<at::vec::Vectorized<T>>(), v);
 }
 
+#if defined(FR_X86_LANES)
+// Elements per row slot of a lane that holds several rows of `count` elements each (RowsLane:
+// AVX-512 a quarter or half lane, AVX2 a 128-bit half).
+template <class T>
+constexpr int row_slot(int count) {
+  constexpr int kLanes = at::vec::Vectorized<T>::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  return count <= kLanes / 4 ? kLanes / 4 : kLanes / 2;
+#else
+  return (void)count, kLanes / 2;
+#endif
+}
+
+// Element k of each slot of kSlot elements, broadcast over its slot (lane_product, cells.h: a
+// row's h_{t-1}[k] over that row's units). AVX2 permutes within 128-bit halves, its slots.
+template <class T, int kSlot>
+FR_VEC_INLINE at::vec::Vectorized<T> slot_splat(at::vec::Vectorized<T> v, int k) {
+  static_assert((kSlot & (kSlot - 1)) == 0, "slots of a power of two elements");
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i base = _mm512_and_si512(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(~(kSlot - 1)));
+    return _mm512_permutexvar_ps(_mm512_or_si512(base, _mm512_set1_epi32(k)), v);
+  } else {
+    const __m512i base = _mm512_and_si512(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm512_set1_epi64(~int64_t(kSlot - 1)));
+    return _mm512_permutexvar_pd(_mm512_or_si512(base, _mm512_set1_epi64(k)), v);
+  }
+#else
+  static_assert(kSlot == at::vec::Vectorized<T>::size() / 2, "AVX2 slots are 128-bit halves");
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_permutevar_ps(v, _mm256_set1_epi32(k));
+  } else {
+    return _mm256_permutevar_pd(v, _mm256_set1_epi64x(int64_t(k) << 1));  // (bit 1 selects)
+  }
+#endif
+}
+#endif
+
 template <class T, class V>
 struct VecMath {
+  static constexpr bool kRowSlots = false;  // (see RowSlotMath)
   FR_VEC_INLINE V splat(T v) { return V(v); }
   // exp_u20 clamps its input, which would turn NaN into a number: NaN is passed through, so it
   // propagates through the gates as it does in torch.nn.
@@ -370,8 +411,34 @@ struct TailVec : at::vec::Vectorized<T> {
   void store(T* p) const { LaneMask<T>(Count).store(p, *this); }
 };
 
+// Math of a lane of whole rows of Count elements each (Count the layer's H), with the ops of
+// the recurrent product made in registers (lane_product, cells.h) on x86 builds: TailVec (one
+// row) and RowsLane (several, in slots of kSlot elements).
+template <class T, class V, int Count, int kSlot>
+struct RowSlotMath : VecMath<T, V> {
+#if defined(FR_X86_LANES)
+  static constexpr int kLane = at::vec::Vectorized<T>::size();
+  static constexpr bool kRowSlots = Count <= kLane / 2;
+  static constexpr int kCount = Count;
+  // A lane as CPUBackend::recurrent_lanes lays them out (each slot the same Count weights).
+  FR_ALWAYS_INLINE static V lane(const T* p) { return V(at::vec::Vectorized<T>::loadu(p)); }
+  FR_ALWAYS_INLINE static V slot_splat(V v, int k) { return V(fused_rnn::slot_splat<T, kSlot>(v, k)); }
+  FR_ALWAYS_INLINE static V fmadd(V a, V b, V c) { return V(at::vec::fmadd(a, b, c)); }
+#endif
+};
+
+#if defined(FR_X86_LANES)
+// One row's slot: row_slot's where it holds Count elements (the lanes' layout), else the lane.
 template <class T, int Count>
-struct Math<TailVec<T, Count>> : VecMath<T, TailVec<T, Count>> {
+constexpr int kTailSlot = Count <= at::vec::Vectorized<T>::size() / 2
+                              ? row_slot<T>(Count) : at::vec::Vectorized<T>::size();
+#else
+template <class T, int Count>
+constexpr int kTailSlot = 1;
+#endif
+
+template <class T, int Count>
+struct Math<TailVec<T, Count>> : RowSlotMath<T, TailVec<T, Count>, Count, kTailSlot<T, Count>> {
   using V = TailVec<T, Count>;
   static V load(const T* p, int64_t /*ld*/) { return V::load(p); }
   static void store(T* p, int64_t /*ld*/, V v) { v.store(p); }
@@ -386,6 +453,7 @@ struct PairVec : at::vec::Vectorized<T> {
   using Base = at::vec::Vectorized<T>;
   static constexpr int kHalf = Base::size() / 2;
   static constexpr int kRows = 2;
+  static constexpr int kSlot = row_slot<T>(Count);  // (kHalf)
   static_assert(Count >= 1 && Count <= kHalf, "PairVec holds up to half a lane per row");
   PairVec() = default;
   PairVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
@@ -441,23 +509,32 @@ template <class T, int Count>
 struct RowsVec : at::vec::Vectorized<T> {
   using Base = at::vec::Vectorized<T>;
   static constexpr int kLanes = Base::size();
-  static constexpr int kSlot = Count <= kLanes / 4 ? kLanes / 4 : kLanes / 2;
+  static constexpr int kSlot = row_slot<T>(Count);
   static constexpr int kRows = kLanes / kSlot;
+  static_assert(kRows == 2 || kRows == 4, "two or four rows per lane");
   static_assert(Count >= 1 && Count <= kLanes / 2, "RowsVec holds up to half a lane per row");
   RowsVec() = default;
   RowsVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit RowsVec(T v) : Base(v) {}
 
   FR_ALWAYS_INLINE static RowsVec load(const T* p, int64_t ld) {
-    Base parts[kRows];
-    for (int r = 0; r < kRows; ++r) parts[r] = masked_load(mask(r), at(p, ld, r));
-    for (int step = 1; step < kRows; step *= 2) {  // (independent loads, then a tree of ors)
-      for (int r = 0; r + step < kRows; r += 2 * step) parts[r] = parts[r] | parts[r + step];
+    // Rows that fill their slots back to back (the toxic model's [B, 4] states): one move.
+    if (Count == kSlot && ld == kSlot) return Base::loadu(p);
+    // Independent loads, then a tree of ors, written out: as loops over an array GCC kept the
+    // array on the stack, each load stored there and read back (the toxic LSTM's step 2x
+    // slower).
+    auto row = [&](int r) { return masked_load(mask(r), at(p, ld, r)); };
+    if constexpr (kRows == 2) {
+      return row(0) | row(1);
+    } else {
+      return (row(0) | row(1)) | (row(2) | row(3));
     }
-    return parts[0];
   }
   FR_ALWAYS_INLINE void store(T* p, int64_t ld) const {
-    for (int r = 0; r < kRows; ++r) masked_store(at(p, ld, r), mask(r), Base(*this));
+    if (Count == kSlot && ld == kSlot) return Base::store(p);
+    _Pragma("GCC unroll 4") for (int r = 0; r < kRows; ++r) {
+      masked_store(at(p, ld, r), mask(r), Base(*this));
+    }
   }
 
  private:
@@ -480,7 +557,8 @@ using RowsLane = PairVec<T, Count>;
 #endif
 #if defined(FR_X86_LANES)
 template <class T, int Count>
-struct Math<RowsLane<T, Count>> : VecMath<T, RowsLane<T, Count>> {
+struct Math<RowsLane<T, Count>>
+    : RowSlotMath<T, RowsLane<T, Count>, Count, RowsLane<T, Count>::kSlot> {
   using V = RowsLane<T, Count>;
   FR_ALWAYS_INLINE static V load(const T* p, int64_t ld) { return V::load(p, ld); }
   FR_ALWAYS_INLINE static void store(T* p, int64_t ld, V v) { v.store(p, ld); }
@@ -1361,6 +1439,47 @@ struct CPUBackend {
   // toxic 0.384 -> 0.354, IMDB 10.48 -> 9.90, IMDB packed 8.43 -> 7.80, fastrnns 232.5 -> 227.7.
   static constexpr bool kFoldRecurrent = true;
 
+  // Tiny layers (H up to half a lane, x86 builds) make the step's recurrent product inside the
+  // pointwise step (lane_recurrent, sequence.h; lane_product, cells.h): there every lane holds
+  // whole rows (TailVec, RowsLane), so the product is H broadcasts of each row's h_{t-1}[k]
+  // within its slot, each times a lane of weights, in registers.
+  static constexpr bool kLaneRecurrent = true;
+  template <class scalar_t>
+  static bool lanes_hold_rows(int64_t H) {
+#if defined(FR_X86_LANES)
+    return H <= at::vec::Vectorized<scalar_t>::size() / 2;
+#else
+    return (void)H, false;
+#endif
+  }
+  // w [K, N] (any strides, its dtype or fp16 / bf16) as lanes: lane k * (N / width) + q holds
+  // w[k, q * width + e] at element e of each slot (row_slot(width) elements apart), zeros
+  // between.
+  template <class scalar_t>
+  static at::Tensor recurrent_lanes(const at::Tensor& w, int64_t width) {
+#if defined(FR_X86_LANES)
+    constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
+    const at::Tensor m = w.to(c10::CppTypeToScalarType<scalar_t>::value);
+    const int64_t blocks = m.size(1) / width;
+    const int64_t slot = row_slot<scalar_t>(int(width));
+    at::Tensor lanes = empty({m.size(0) * blocks * L}, m.options());
+    scalar_t* out = lanes.data_ptr<scalar_t>();
+    std::fill(out, out + lanes.numel(), scalar_t(0));
+    const auto src = m.accessor<scalar_t, 2>();
+    for (int64_t k = 0; k < m.size(0); ++k) {
+      for (int64_t q = 0; q < blocks; ++q) {
+        scalar_t* lane = out + (k * blocks + q) * L;
+        for (int64_t at = 0; at < L; at += slot) {
+          for (int64_t e = 0; e < width; ++e) lane[at + e] = src[k][q * width + e];
+        }
+      }
+    }
+    return lanes;
+#else
+    return (void)width, w;
+#endif
+  }
+
   // The loops run here, part by part (for_each_part).
   template <class scalar_t>
   static bool fused_forward(const Schedule&, const LayerDims&, bool, bool,
@@ -1808,16 +1927,33 @@ struct CPUBackend {
   static void apply_tail(const F& f, int64_t begin, int64_t end, int64_t j, int tail,
                          std::integer_sequence<int, Counts...>) {
     using T = typename F::scalar_type;
+    constexpr int L = at::vec::Vectorized<T>::size();
+    // Groups of `rows` rows from b0 on: in order where `overhang` is false; else every other
+    // group, then the rest. A masked move addresses a whole lane, which may reach past its own
+    // rows into the next group's, and a load of those waits for the store to them to retire (no
+    // forwarding from masked stores): an LSTM at H 6, B 256 ran its forward 1.5x slower than at
+    // H 8. Done in this order, the next group's rows were written a group earlier.
+    auto groups = [&](int64_t b0, int64_t count, int rows, bool overhang, const auto& apply) {
+      const int64_t stride = overhang && count > 2 ? 2 : 1;
+      for (int64_t first = 0; first < stride; ++first) {
+        for (int64_t g = first; g < count; g += stride) apply(b0 + g * rows);
+      }
+    };
     auto run = [&](auto count) {
       constexpr int C = decltype(count)::value;
       int64_t b = begin;
 #if defined(FR_X86_LANES)
-      if constexpr (C >= 1 && C <= at::vec::Vectorized<T>::size() / 2) {
-        constexpr int R = RowsLane<T, C>::kRows;
-        for (; b + R <= end; b += R) f.template apply<RowsLane<T, C>>(b, j);
+      if constexpr (C >= 1 && C <= L / 2) {
+        using Rows = RowsLane<T, C>;
+        const int64_t n = (end - begin) / Rows::kRows;
+        // (Rows that fill their slots reach no further than their own.)
+        groups(b, n, Rows::kRows, C != Rows::kSlot,
+               [&](int64_t row) { f.template apply<Rows>(row, j); });
+        b += n * Rows::kRows;
       }
 #endif
-      for (; b < end; ++b) f.template apply<TailVec<T, C>>(b, j);
+      // One row's lane reaches into the next row's tail where j + L passes the row's end.
+      groups(b, end - b, 1, j < L - C, [&](int64_t row) { f.template apply<TailVec<T, C>>(row, j); });
     };
     ((tail == Counts ? (run(std::integral_constant<int, Counts>{}), 0) : 0), ...);
   }

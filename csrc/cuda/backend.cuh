@@ -80,6 +80,8 @@ struct CUDABackend {
   static constexpr bool kStepProjection = false;
   // The step's product writes hg and the pointwise kernel adds xg (not measured folded on a GPU).
   static constexpr bool kFoldRecurrent = false;
+  // The step's products stay cuBLAS's or the block loop's (no lanes: lane_recurrent).
+  static constexpr bool kLaneRecurrent = false;
   // The weight gradients are GEMMs after the loop (cuBLAS), not partial sums inside it.
   static constexpr bool kStepGradients = false;
   // No check that h0 is zeros (first_state_zero): reading its answer would wait for the device.
