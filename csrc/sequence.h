@@ -439,13 +439,14 @@ FR_HD bool folds_recurrent(const LayerDims& d) {
 // (lane_product, cells.h), from the weight as the backend's lanes (recurrent_lanes): for layers
 // so small (the CPU: H up to half a lane, where a lane holds whole rows) that a product call
 // per step cost more than its arithmetic, and the functor's loads waited on the product's
-// stores. Every mode; not projected LSTMs.
+// stores. Every mode; not projected LSTMs; row parts only (a unit part's lanes hold some of a
+// row's units, not all).
 // Returns the lanes of `w` (W_hh^T forward, W_hh backward), or an undefined tensor where the
 // loop makes the products.
 template <class Backend, class scalar_t>
-at::Tensor lane_recurrent(const at::Tensor& w, const LayerDims& d) {
+at::Tensor lane_recurrent(const at::Tensor& w, const LayerDims& d, const std::vector<Part>& parts) {
   if constexpr (Backend::kLaneRecurrent) {
-    if (!d.proj && Backend::template lanes_hold_rows<scalar_t>(d.H)) {
+    if (!d.proj && !parts[0].units_split && Backend::template lanes_hold_rows<scalar_t>(d.H)) {
       return Backend::template recurrent_lanes<scalar_t>(w, d.H);
     }
   }
@@ -797,7 +798,8 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // The backend packs W_hh^T from the transposed view; the transposed copy is made only where
   // it does not (the CPU: weights that fit in L1; CUDA).
   // Tiny layers: the weight as lanes instead, for the pointwise step's own product.
-  const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh.t(), d);
+  const std::vector<Part> parts = Backend::plan(s, d);
+  const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh.t(), d, parts);
   const bool lanes = w_lanes.defined();
   const HeldWeight<scalar_t> w_hh_t =
       lanes ? HeldWeight<scalar_t>{}
@@ -822,7 +824,6 @@ ForwardResult layer_forward(const ForwardArgs& a) {
   // block and the step's functor overwrites it in place (each element reads its own row entries
   // before writing them), which saves an [N, G] buffer.
   const bool in_place = a.train && d.saved_cols() == d.G;
-  const std::vector<Part> parts = Backend::plan(s, d);
   c10::optional<StepProjection<scalar_t>> step_proj;
   HeldWeight<scalar_t> w_ih_t;
   at::Tensor ring;
@@ -954,7 +955,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   // Processing step 0's rows: without hx_grad their dh_0 product is left out (backward_loop).
   const int64_t t0 = s.N > 0 ? s.step(0, a.reverse) : 0, rows0 = s.N > 0 ? s.rows[t0] : 0;
   if (s.N > 0) {
-    const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh, d);
+    const at::Tensor w_lanes = lane_recurrent<Backend, scalar_t>(a.w_hh, d, parts);
     const bool lanes = w_lanes.defined();
     const HeldWeight<scalar_t> w_hh =
         lanes ? HeldWeight<scalar_t>{}
