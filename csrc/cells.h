@@ -103,6 +103,28 @@ FR_HD void lane_product(V x, const T* lanes, V (&acc)[N]) {
   }
 }
 
+// The backward's dh_{t-1} = dgates W_hh with lane_product: d[q], gate q's gradients, meets the
+// q-th block of H lanes (W_hh's rows as lanes, one per row), a chain of multiply-adds per gate
+// from zero, the chains added pairwise at the end.
+template <class V, int N, class T>
+FR_HD V lane_rows_product(const V (&d)[N], const T* lanes, int64_t H) {
+  using M = Math<V>;
+  V acc[N][1];
+  for (int q = 0; q < N; ++q) {
+    acc[q][0] = M::splat(0);
+    lane_product(d[q], lanes + q * H * M::kLane, acc[q]);
+  }
+  if constexpr (N == 1) {
+    return acc[0][0];
+  } else {
+    V sum = acc[0][0] + acc[1][0];
+    int q = 2;
+    for (; q + 1 < N; q += 2) sum = sum + (acc[q][0] + acc[q + 1][0]);
+    if (q < N) sum = sum + acc[q][0];
+    return sum;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. `Train` decides whether what backward needs is saved (haste's <T, Training>).
 
@@ -243,16 +265,15 @@ struct LSTMBackward {
   using scalar_type = scalar_t;
   const scalar_t* gates;   // [n, 4H]
   const scalar_t* c_prev;  // [n, H]
-  const scalar_t* dh;      // [n, ld_dh]
+  scalar_t* dh;            // [n, ld_dh]  dh_t in (with w_lanes: dh_{t-1} out)
   const scalar_t* dout;    // [n, ld_dh] or nullptr
   const scalar_t* dc_all;  // [n, H] gradient of the returned c_t, or nullptr
   scalar_t* dc_state;      // [B, H]  dc_t in, dc_{t-1} out
   scalar_t* dgates;        // [n, 4H] (may be the same memory as `gates`)
   int64_t H, ld_dh;
   // W_hh [4H, H] as lanes (lane_product), or null. Not null: dh_{t-1} = dgates W_hh is made
-  // here into dh_prev (dh's rows: not projected) and the loop makes no product.
+  // here, over dh (not projected: the loop's dh state) and the loop makes no product.
   const scalar_t* w_lanes = nullptr;
-  scalar_t* dh_prev = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -275,14 +296,9 @@ struct LSTMBackward {
     M::store(dgates + g0 + 3 * H, G, d_o);
     M::store(dc_state + b * H + j, H, dc * f);
     if constexpr (M::kRowSlots) {
-      if (w_lanes) {  // a chain of multiply-adds per gate, added at the end
+      if (w_lanes) {
         const V d[4] = {di, df, dg, d_o};
-        V acc[4][1];
-        for (int q = 0; q < 4; ++q) {
-          acc[q][0] = M::splat(0);
-          lane_product(d[q], w_lanes + q * H * M::kLane, acc[q]);
-        }
-        M::store(dh_prev + b * H, H, (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]));
+        M::store(dh + b * ld_dh, ld_dh, lane_rows_product(d, w_lanes, H));
       }
     }
   }
@@ -328,12 +344,7 @@ struct GRUBackward {
     if constexpr (M::kRowSlots) {
       if (w_lanes) {  // the gradients of W_hh h's r, z and n parts, each times its rows
         const V parts[3] = {dr, dz, dn * r};
-        V acc[3][1];
-        for (int q = 0; q < 3; ++q) {
-          acc[q][0] = M::splat(0);
-          lane_product(parts[q], w_lanes + q * H * M::kLane, acc[q]);
-        }
-        dh_prev[0] = dh_prev[0] + ((acc[0][0] + acc[1][0]) + acc[2][0]);
+        dh_prev[0] = dh_prev[0] + lane_rows_product(parts, w_lanes, H);
       }
     }
     M::store(dh_state + b * H + j, H, dh_prev[0]);
@@ -344,12 +355,11 @@ template <class scalar_t, bool Relu>
 struct RNNBackward {
   using scalar_type = scalar_t;
   const scalar_t* gates;  // [n, H] h_t
-  const scalar_t* dh;     // [n, H]
+  scalar_t* dh;           // [n, H]  dh_t in (with w_lanes: dh_{t-1} out)
   const scalar_t* dout;   // [n, H]
   scalar_t* dgates;       // [n, H] (may be the same memory as `gates`)
   int64_t H;
   const scalar_t* w_lanes = nullptr;  // W_hh as lanes, or null (LSTMBackward's)
-  scalar_t* dh_prev = nullptr;
 
   template <class V>
   FR_HD void apply(int64_t b, int64_t j) const {
@@ -361,9 +371,8 @@ struct RNNBackward {
     M::store(dgates + b * H + j, H, dpre);
     if constexpr (M::kRowSlots) {
       if (w_lanes) {
-        V acc[1] = {M::splat(0)};
-        lane_product(dpre, w_lanes, acc);
-        M::store(dh_prev + b * H, H, acc[0]);
+        const V d[1] = {dpre};
+        M::store(dh + b * H, H, lane_rows_product(d, w_lanes, H));
       }
     }
   }

@@ -679,7 +679,7 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
     scalar_t* dg = b.dgates + off * S;
     switch (d.mode) {
       case Mode::LSTM: {
-        const scalar_t* dh = dh_state;
+        scalar_t* dh = dh_state;
         const scalar_t* dh_extra = dout_t;
         if (d.proj) {
           // dh_t = dh_state + dout; dr = dh_t W_hr; dh_t is kept for dW_hr after the loop.
@@ -690,7 +690,7 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
         }
         LSTMBackward<scalar_t> f{ws.gates + off * 4 * H, ws.c_prev + off * H, dh, dh_extra,
                                  b.dc_all ? b.dc_all + off * H : nullptr, dc_state, dg, H,
-                                 d.proj ? H : P, b.w_lanes, dh_state};
+                                 d.proj ? H : P, b.w_lanes};
         Backend::pointwise(f, n, u0, u1);
         break;
       }
@@ -704,9 +704,9 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
       case Mode::RNN_RELU: {
         const scalar_t* saved = ws.gates + off * H;
         if (d.mode == Mode::RNN_RELU) {
-          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H, b.w_lanes, dh_state}, n, u0, u1);
+          Backend::pointwise(RNNBackward<scalar_t, true>{saved, dh_state, dout_t, dg, H, b.w_lanes}, n, u0, u1);
         } else {
-          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H, b.w_lanes, dh_state}, n, u0, u1);
+          Backend::pointwise(RNNBackward<scalar_t, false>{saved, dh_state, dout_t, dg, H, b.w_lanes}, n, u0, u1);
         }
         break;
       }
