@@ -16,7 +16,9 @@
 //   copy_cols(dst, src, rows, col_begin, col_end, ld)              the same columns of [rows, ld]
 //   pointwise(functor, rows, col_begin, col_end)                   functor.apply over that block
 //   plan(schedule, dims) -> std::vector<Part>                      how to share out a layer
-//   for_each_part(parts, fn)                                       fn(part, sync) for each part
+//   for_each_part(parts, fn)                                       fn(part, sync) for each part;
+//                                                                  unit parts call
+//                                                                  sync(SharedUnits) to meet
 //   project_input<scalar_t>(x, w_ih, bias, out)                    out = x W_ih^T + bias, all steps
 //   kStepProjection, project_in_loop(schedule, dims, x)            whether to project x inside
 //                                                                  the loop (StepProjection)
@@ -337,6 +339,16 @@ struct Part {
   FR_HD int64_t offset(const S& s, int64_t t) const { return s.offset[t] + begin; }
 };
 
+// What a unit part reads of the other parts' units just after they meet (`sync`): `rows` rows
+// `ld` apart, `cols` columns each in blocks of `block` (the forward: h_{t-1}, one block of P;
+// the backward: the gate gradients, G in blocks of H). A backend may fetch the lines the others
+// wrote at once (the CPU does), where the step's product would meet them one at a time.
+template <class scalar_t>
+struct SharedUnits {
+  const scalar_t* data;
+  int64_t rows, ld, cols, block;
+};
+
 // At most `parts` row parts of about equal token counts (rows are sorted by length, so equal
 // row counts would give the first part all the long sequences).
 std::vector<Part> split_rows(const Schedule& s, const LayerDims& d, int64_t parts);
@@ -527,7 +539,7 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       scalar_t* buf = Train ? ws.h_prev + off * P : b.hp_scratch + (step % 2) * s.B * P;
       Backend::copy_cols(buf, h_state, n, u0, u1, P);
       h_prev = buf;
-      sync();
+      sync(SharedUnits<scalar_t>{buf, n, P, P, P});
     } else if (Train) {
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
@@ -728,7 +740,7 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
     // dh_{t-1} (+)= dgates_h W_hh. GRU's functor has already written its direct z * dh_t part.
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
-    if (part.units_split) sync();
+    if (part.units_split) sync(SharedUnits<scalar_t>{dg, n, S, d.G, H});
     Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);
   }
   if constexpr (Backend::kStepGradients) {

@@ -192,7 +192,7 @@ struct CUDABackend {
 
   template <class Fn>
   static void for_each_part(const std::vector<Part>& parts, const Fn& fn) {
-    auto no_sync = [] {};
+    auto no_sync = [](const auto&) {};
     for (const Part& part : parts) fn(part, no_sync);
   }
 
