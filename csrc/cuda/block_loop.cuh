@@ -254,8 +254,10 @@ struct BlockBackend {
   }
 };
 
+// The loops' sync (unit parts meeting; a block's parts are row parts, so never called).
 struct BlockSync {
-  __device__ void operator()() const { __syncthreads(); }
+  template <class Shared>
+  __device__ void operator()(const Shared&) const { __syncthreads(); }
 };
 
 __device__ inline Part block_rows(int64_t B, const LayerDims& d, int64_t per_block) {
