@@ -159,6 +159,15 @@ FR_VEC_INLINE T lane_sum(at::vec::Vectorized<T> v) {
 }
 
 #if defined(FR_X86_LANES)
+// Whether a lane holds whole rows of `count` elements, at most half a lane each: the columns of
+// such layers run as RowsLane and TailVec, whose row slots make the step's recurrent product
+// (RowSlotMath::kRowSlots, CPUBackend::lanes_hold_rows: one fact for both, so that a loop that
+// hands the functors w_lanes always meets lanes that use them).
+template <class T>
+constexpr bool lane_holds_rows(int64_t count) {
+  return count >= 1 && count <= at::vec::Vectorized<T>::size() / 2;
+}
+
 // Elements per row slot of a lane that holds several rows of `count` elements each (RowsLane:
 // AVX-512 a quarter or half lane, AVX2 a 128-bit half).
 template <class T>
@@ -418,7 +427,7 @@ template <class T, class V, int Count, int kSlot>
 struct RowSlotMath : VecMath<T, V> {
 #if defined(FR_X86_LANES)
   static constexpr int kLane = at::vec::Vectorized<T>::size();
-  static constexpr bool kRowSlots = Count <= kLane / 2;
+  static constexpr bool kRowSlots = lane_holds_rows<T>(Count);
   static constexpr int kCount = Count;
   // A lane as CPUBackend::recurrent_lanes lays them out (each slot the same Count weights).
   FR_ALWAYS_INLINE static V lane(const T* p) { return V(at::vec::Vectorized<T>::loadu(p)); }
@@ -430,8 +439,8 @@ struct RowSlotMath : VecMath<T, V> {
 #if defined(FR_X86_LANES)
 // One row's slot: row_slot's where it holds Count elements (the lanes' layout), else the lane.
 template <class T, int Count>
-constexpr int kTailSlot = Count <= at::vec::Vectorized<T>::size() / 2
-                              ? row_slot<T>(Count) : at::vec::Vectorized<T>::size();
+constexpr int kTailSlot =
+    lane_holds_rows<T>(Count) ? row_slot<T>(Count) : at::vec::Vectorized<T>::size();
 #else
 template <class T, int Count>
 constexpr int kTailSlot = 1;
@@ -454,7 +463,7 @@ struct PairVec : at::vec::Vectorized<T> {
   static constexpr int kHalf = Base::size() / 2;
   static constexpr int kRows = 2;
   static constexpr int kSlot = row_slot<T>(Count);  // (kHalf)
-  static_assert(Count >= 1 && Count <= kHalf, "PairVec holds up to half a lane per row");
+  static_assert(lane_holds_rows<T>(Count), "PairVec holds up to half a lane per row");
   PairVec() = default;
   PairVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit PairVec(T v) : Base(v) {}
@@ -512,7 +521,7 @@ struct RowsVec : at::vec::Vectorized<T> {
   static constexpr int kSlot = row_slot<T>(Count);
   static constexpr int kRows = kLanes / kSlot;
   static_assert(kRows == 2 || kRows == 4, "two or four rows per lane");
-  static_assert(Count >= 1 && Count <= kLanes / 2, "RowsVec holds up to half a lane per row");
+  static_assert(lane_holds_rows<T>(Count), "RowsVec holds up to half a lane per row");
   RowsVec() = default;
   RowsVec(Base v) : Base(v) {}  // NOLINT: results of Vectorized's operators convert back
   explicit RowsVec(T v) : Base(v) {}
@@ -1453,7 +1462,7 @@ struct CPUBackend {
   template <class scalar_t>
   static bool lanes_hold_rows(int64_t H) {
 #if defined(FR_X86_LANES)
-    return H <= at::vec::Vectorized<scalar_t>::size() / 2;
+    return lane_holds_rows<scalar_t>(H);
 #else
     return (void)H, false;
 #endif
@@ -1970,7 +1979,7 @@ struct CPUBackend {
       constexpr int C = decltype(count)::value;
       int64_t b = begin;
 #if defined(FR_X86_LANES)
-      if constexpr (C >= 1 && C <= L / 2) {
+      if constexpr (lane_holds_rows<T>(C)) {
         using Rows = RowsLane<T, C>;
         const int64_t n = (end - begin) / Rows::kRows;
         // (Rows that fill their slots reach no further than their own.)
