@@ -169,6 +169,7 @@ struct RowBlocks {
 // torch.roll(data, roll, 0) would place it): GRU's W_hh, read in place by the backward.
 // `half`: null, or (CPU, kHalfWeights) in place of `data`, a fp32 layer's weight in fp16 or bf16
 // (`half_type`) as the fp16/bf16 ops keep it, read where it is (`ldt` and `roll` as for data).
+// `descending`: a product may take the columns last to first (in_step_order).
 template <class scalar_t>
 struct Weight {
   const scalar_t* data;
@@ -178,7 +179,20 @@ struct Weight {
   int64_t roll = 0;
   const void* half = nullptr;
   c10::ScalarType half_type = c10::ScalarType::Undefined;
+  bool descending = false;
 };
+
+// The recurrent weight as a loop's product at processing step `step` takes it: every other
+// step's columns last to first, so that each step starts on the ones the step before read last,
+// still in cache, where a weight that outgrows the cache would otherwise come from the next
+// level whole on every step (a least-recently-used cache keeps none of a stream larger than
+// itself). Each element of the product is the same sum either way. (Backends may take no notice:
+// the CPU's honours it on its packed weights from kDescendingMinBytes.)
+template <class scalar_t>
+FR_HD Weight<scalar_t> in_step_order(Weight<scalar_t> w, int64_t step) {
+  w.descending = step % 2 == 1;
+  return w;
+}
 
 // A weight [K, N] (any strides) held for one call as the products read it: the backend's
 // packed copy where it makes one, else its row-major copy of the view (a no-op if it is one).
@@ -368,7 +382,9 @@ FR_LOOP void gemm_part(const Part& part, const LayerDims& d, int64_t m, const sc
     Backend::gemm_weight(m, 0, d.G, A, lda, w, beta, C, d.G, bias...);
     return;
   }
-  for (int64_t g = 0; g < d.G; g += d.H) {
+  const int64_t gates = d.G / d.H;
+  for (int64_t i = 0; i < gates; ++i) {
+    const int64_t g = (w.descending ? gates - 1 - i : i) * d.H;
     Backend::gemm_weight(m, g + part.u_begin, g + part.u_end, A, lda, w, beta, C, d.G,
                          bias...);
   }
@@ -544,7 +560,8 @@ FR_LOOP void forward_loop(const Sched& s, const LayerDims& d, bool reverse, Part
       Backend::copy(ws.h_prev + off * P, h_state, n * P);
     }
     if (!b.w_lanes && (step > 0 || !b.zero_h0)) {
-      gemm_part<Backend>(part, d, n, h_prev, P, b.w_hh_t, scalar_t(fold ? 1 : 0), fold ? xg : hg);
+      gemm_part<Backend>(part, d, n, h_prev, P, in_step_order(b.w_hh_t, step),
+                         scalar_t(fold ? 1 : 0), fold ? xg : hg);
     }
     scalar_t* out = b.output + off * P;
     switch (d.mode) {
@@ -741,7 +758,8 @@ FR_LOOP void backward_loop(const Sched& s, const LayerDims& d, bool reverse, Par
     // Unit parts: every part's gate gradients are read, for this part's units of dh_{t-1}.
     const scalar_t beta = d.mode == Mode::GRU ? scalar_t(1) : scalar_t(0);
     if (part.units_split) sync(SharedUnits<scalar_t>{dg, n, S, d.G, H});
-    Backend::gemm_weight(n, dh_begin, dh_end, dg, S, b.w_hh, beta, dh_state, P);
+    Backend::gemm_weight(n, dh_begin, dh_end, dg, S, in_step_order(b.w_hh, step), beta,
+                         dh_state, P);
   }
   if constexpr (Backend::kStepGradients) {
     if (chunk_first >= 0) gradient_chunk<Backend>(s, d, reverse, part, b, chunk_first, int64_t(0));

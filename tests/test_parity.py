@@ -574,6 +574,28 @@ def test_large_batch_row_blocks(mode, hidden, batch, threads):
         torch.set_num_threads(saved)
 
 
+# A recurrent weight above 1 MB (csrc/cpu/backend.h: kDescendingAboveBytes; fp64 here) is taken
+# last column strip to first on every other step, forward and backward (sequence.h:
+# in_step_order): row parts (24 rows) and unit parts (4 rows, gate blocks in reverse too) on two
+# threads, one part on one; H 376 leaves a partial strip at the end of every gate block; 20 steps,
+# so that the weights are packed (read in place below 64 rows in all).
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("batch", [24, 4], ids=["row_parts", "unit_parts"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_descending_steps(mode, batch, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, fused = make_pair(mode, 40, 376)
+        x = torch.randn(20, batch, 40, dtype=torch.float64, requires_grad=True)
+        assert_same_run(ref, fused, lambda m: m(x), [x])
+        with torch.no_grad():
+            for a, b in zip(flatten(ref(x)), flatten(fused(x))):
+                torch.testing.assert_close(b, a, **TOL[torch.float64])
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("hidden", [256, 300], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("threads", [1, 2])
