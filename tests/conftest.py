@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's intra-op thread count set to n inside the block, restored after it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
 
 # DESIGN.md's tolerances.
 TOL = {torch.float64: dict(atol=1e-8, rtol=1e-7), torch.float32: dict(atol=2e-5, rtol=1e-4)}

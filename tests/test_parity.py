@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import (DEVICES, MODES, TOL, assert_low_precision_close, assert_same_run, flatten,
-                      make_pair, relative_error, run_and_grad)
+                      make_pair, num_threads, relative_error, run_and_grad)
 
 I, H, P, T, B = 5, 6, 3, 7, 4
 
@@ -300,9 +300,7 @@ def test_units_shared_across_threads(mode, kind, team):
     the same values and gradients as torch.nn, padded, packed (rows stop at different steps) and
     without autograd (double-buffered previous state). With more torch threads than CPUs the
     CPU path takes row parts instead, at most one per CPU (plan): the same results."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2 if team == "two" else CPUS + 2)
-    try:
+    with num_threads(2 if team == "two" else CPUS + 2):
         h = UNIT_SPLIT_H[mode]
         ref, fused = make_pair(mode, 5, h, bidirectional=kind == "packed_bidirectional")
         x = torch.randn(6, 5, 5, dtype=torch.float64, requires_grad=kind != "inference")
@@ -318,8 +316,6 @@ def test_units_shared_across_threads(mode, kind, team):
                     torch.testing.assert_close(b, a)
         else:
             assert_same_run(ref, fused, call, [x])
-    finally:
-        torch.set_num_threads(threads)
 
 
 # Products over fewer than 64 rows in all read their weight in place instead of packing it
@@ -343,9 +339,7 @@ IN_PLACE_H = {"forward": UNIT_SPLIT_H,
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         h = IN_PLACE_H[weights][mode]
         inputs = 37 if weights == "forward" else h
         ref, fused = make_pair(mode, inputs, h, dtype=dtype)
@@ -357,8 +351,6 @@ def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
         with torch.no_grad():
             for a, b in zip(flatten(ref(x, hx)), flatten(fused(x, hx))):
                 torch.testing.assert_close(b, a, **TOL[dtype])
-    finally:
-        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("steps,batch", [(1, 100), (2, 100), (3, 50)],
@@ -564,14 +556,10 @@ def test_large_batch_row_blocks(mode, hidden, batch, threads):
     large W_hh): the rows go in blocks, forward and backward, on one thread, in two row parts
     (H = 512) and with units split across two (H = 832: 40 rows per thread is fewer than one per
     256 KB of its 11 MB W_hh)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         ref, fused = make_pair(mode, 8, hidden)
         x = torch.randn(3, batch, 8, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
-    finally:
-        torch.set_num_threads(saved)
 
 
 # A recurrent weight above 1 MB (csrc/cpu/backend.h: kDescendingAboveBytes; fp64 here) is taken
@@ -583,17 +571,13 @@ def test_large_batch_row_blocks(mode, hidden, batch, threads):
 @pytest.mark.parametrize("batch", [24, 4], ids=["row_parts", "unit_parts"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_descending_steps(mode, batch, threads):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         ref, fused = make_pair(mode, 40, 376)
         x = torch.randn(20, batch, 40, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
         with torch.no_grad():
             for a, b in zip(flatten(ref(x)), flatten(fused(x))):
                 torch.testing.assert_close(b, a, **TOL[torch.float64])
-    finally:
-        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -605,14 +589,10 @@ def test_few_rows_wide_layer(mode, hidden, threads, dtype):
     weight (x W_ih^T, dgates W_ih) share the weight's column strips out across threads instead of
     rows (too few), and the weight gradients come out in whichever orientation fills the vector
     lanes (256: dW itself; 300 units: dW^T, transposed after), against torch.nn."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         ref, fused = make_pair(mode, hidden, hidden, dtype=dtype)
         x = torch.randn(2, 8, hidden, dtype=dtype, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x], dtype)
-    finally:
-        torch.set_num_threads(saved)
 
 
 # Where the input projection would need an [N, G] buffer of its own (no autograd; GRU in
@@ -631,9 +611,7 @@ def test_step_projection(mode, parts, layout, threads):
     """Chunks of steps projected in the loop: one product per chunk where the part has all rows
     (packed: rows stop inside a chunk), one per step for row parts and batch-first views; both
     directions. Without autograd and with it, against torch.nn."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         hidden = 40 if parts == "rows" else UNIT_SPLIT_H[mode]
         batch, inp = (48 if parts == "rows" else 6), 24
         gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
@@ -653,8 +631,6 @@ def test_step_projection(mode, parts, layout, threads):
             for a, b in zip(flatten(call(ref)), flatten(call(fused))):
                 torch.testing.assert_close(b, a)
         assert_same_run(ref, fused, call, [x])
-    finally:
-        torch.set_num_threads(saved)
 
 
 # Where a layer's gate gradients reach 1M elements (csrc/cpu/backend.h:
@@ -724,9 +700,7 @@ def fp32_bias_errors(mode, inp, hidden, steps, batch, kwargs, lengths=None):
     packed and bidirectional where `lengths` are given). With W_hh = 0 each gate gradient is
     exact to an ulp or two, so what they lose is their sums'. (No ReLU: a pre-activation near 0
     may fall on either side in fp32 and fp64.)"""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with num_threads(2):
         ref, fused = make_pair(mode, inp, hidden, dtype=torch.float32,
                                bidirectional=lengths is not None, **kwargs)
         with torch.no_grad():
@@ -745,15 +719,11 @@ def fp32_bias_errors(mode, inp, hidden, steps, batch, kwargs, lengths=None):
             biases.append(dict(zip([n for n, _ in named],
                                    torch.autograd.grad(loss, [p for _, p in named]))))
         return {name: relative_error(biases[0][name], want) for name, want in biases[1].items()}
-    finally:
-        torch.set_num_threads(saved)
 
 
 def check_step_gradients(config, layout, grads, threads, elements):
     mode, hidden, kwargs, per_unit = STEP_GRADIENT_CONFIGS[config]
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         batch, inp, dirs = 48, 16, 2 if layout == "packed_bidirectional" else 1
         # Every length at least half the steps: N * saved columns passes the threshold, packed too.
         steps = 2 * elements // (batch * per_unit * hidden) + 8
@@ -777,5 +747,3 @@ def check_step_gradients(config, layout, grads, threads, elements):
             return m(data) if hx is None else m(data, hx)
 
         assert_same_run(ref, fused, call, leaves)
-    finally:
-        torch.set_num_threads(saved)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fused_rnn
-from conftest import MODES, make_pair
+from conftest import MODES, make_pair, num_threads
 from fused_rnn import _ops
 
 
@@ -225,9 +225,7 @@ def test_saved_tensor_hooks(mode, wrap):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bitwise_deterministic(threads):
     """Same inputs, same thread count: bitwise the same outputs and gradients."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         results = []
         for _ in range(3):
             torch.manual_seed(0)
@@ -239,8 +237,6 @@ def test_bitwise_deterministic(threads):
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 assert torch.equal(a, b)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_two_python_threads_share_a_module():
