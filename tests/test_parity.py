@@ -580,6 +580,39 @@ def test_descending_steps(mode, batch, threads):
                 torch.testing.assert_close(b, a, **TOL[torch.float64])
 
 
+# Packed weights of 1 MB and more (csrc/cpu/backend.h: kStripSplitMinBytes) multiply all rows
+# by column strips shared out across threads, however many rows: the forward's x W_ih^T and
+# the backward's dgates W_ih, fp64, 1.1-1.2 MB, over 264-288 rows (two of the packed
+# kernel's row blocks), with a partial last strip (G of 270, 288 and 260 columns in strips of
+# 16) and, backward, 32 strips of I = 512. Padded, batch-first and packed in both directions.
+LARGE_STRIPS_H = {"LSTM": 72, "GRU": 90, "RNN_TANH": 260, "RNN_RELU": 260}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("layout", ["padded", "batch_first", "packed_bidirectional"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_weight_strips(mode, layout, threads):
+    with num_threads(threads):
+        ref, fused = make_pair(mode, 512, LARGE_STRIPS_H[mode],
+                               bidirectional=layout == "packed_bidirectional",
+                               batch_first=layout == "batch_first")
+        steps, batch = 6, 48
+        shape = (batch, steps, 512) if layout == "batch_first" else (steps, batch, 512)
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        if layout == "packed_bidirectional":
+            lengths = [steps - i * 2 // batch for i in range(batch)]  # 6 and 5: 264 rows
+
+            def call(m):
+                return m(pack_padded_sequence(x, lengths))
+        else:
+            def call(m):
+                return m(x)
+        assert_same_run(ref, fused, call, [x])
+        with torch.no_grad():
+            for a, b in zip(flatten(call(ref)), flatten(call(fused))):
+                torch.testing.assert_close(b, a, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("hidden", [256, 300], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("threads", [1, 2])
