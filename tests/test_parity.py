@@ -582,7 +582,7 @@ def test_descending_steps(mode, batch, threads):
 
 # Packed weights of 1 MB and more (csrc/cpu/backend.h: kStripSplitMinBytes) multiply all rows
 # by column strips shared out across threads, however many rows: the forward's x W_ih^T and
-# the backward's dgates W_ih, fp64, 1.1-1.2 MB, over 264-288 rows (two of the packed
+# the backward's dgates W_ih, fp64, 1.06-1.18 MB, over 264-288 rows (two of the packed
 # kernel's row blocks), with a partial last strip (G of 270, 288 and 260 columns in strips of
 # 16) and, backward, 32 strips of I = 512. Padded, batch-first and packed in both directions.
 LARGE_STRIPS_H = {"LSTM": 72, "GRU": 90, "RNN_TANH": 260, "RNN_RELU": 260}

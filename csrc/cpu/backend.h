@@ -1435,9 +1435,10 @@ struct CPUBackend {
   // the same; 32 no better than 16.
   static constexpr int64_t kStreamedWeightRows = 16;
   // A packed weight of at least this size is shared out by its column strips whatever the
-  // rows: each thread reads only its share of the weight, the share that pack_weight's
-  // threads wrote into its own cache (a row block per thread had each stream all of it, half
-  // from the other core), and A from the shared cache. At least two strips per thread. Measured
+  // rows: each thread reads only its share of the weight (of a transposed view, x W_ih^T's, the
+  // share that pack_weight's same thread has just written into its cache; a row block per
+  // thread had each stream all of it, half from the other core), and A from the shared cache.
+  // At least two strips per thread. Measured
   // (2 threads, same-process A/B, 8 alternating rounds, min ms, rows -> strips, forward /
   // forward+backward): RNN T 2, B 64, I 1024, H 512 0.946 -> 0.779 / 2.471 -> 2.317; GRU T 8,
   // B 64, I 1024, H 256 3.24 -> 3.10 / 9.67 -> 9.13; GRU T 100, B 16, I 256, H 512 12.87 ->
