@@ -71,6 +71,30 @@ def flatten(out):
     return [output] + hidden
 
 
+def layout_pair(mode, inp, hidden, steps, batch, layout, lengths=(), **kwargs):
+    """make_pair's modules for `layout` (padded, batch_first or packed_bidirectional), an fp64
+    input [steps, batch, inp] ([batch, steps, inp] batch-first) that requires grad, and call(m)
+    running a module on it (packed_bidirectional: packed with `lengths`, any order)."""
+    ref, fused = make_pair(mode, inp, hidden, bidirectional=layout == "packed_bidirectional",
+                           batch_first=layout == "batch_first", **kwargs)
+    shape = (batch, steps, inp) if layout == "batch_first" else (steps, batch, inp)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    def call(m):
+        if layout == "packed_bidirectional":
+            return m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return m(x)
+
+    return ref, fused, x, call
+
+
+def assert_same_inference(ref, fused, call, **tol):
+    """call(fused) without autograd gives call(ref)'s outputs and states (assert_close, `tol`)."""
+    with torch.no_grad():
+        for a, b in zip(flatten(call(ref)), flatten(call(fused)), strict=True):
+            torch.testing.assert_close(b, a, **tol)
+
+
 def run_and_grad(module, call, leaves, weights_of_loss):
     """Forward (`call(module)`), then gradients of a random linear functional of every output
     tensor with respect to `leaves` (input, hx, ...) and every parameter."""

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import (DEVICES, MODES, TOL, assert_low_precision_close, assert_same_run, flatten,
-                      make_pair, num_threads, relative_error, run_and_grad)
+from conftest import (DEVICES, MODES, TOL, assert_low_precision_close, assert_same_inference,
+                      assert_same_run, flatten, layout_pair, make_pair, num_threads,
+                      relative_error, run_and_grad)
 
 I, H, P, T, B = 5, 6, 3, 7, 4
 
@@ -311,9 +312,7 @@ def test_units_shared_across_threads(mode, kind, team):
             def call(m):
                 return m(x)
         if kind == "inference":
-            with torch.no_grad():
-                for a, b in zip(flatten(call(ref)), flatten(call(fused))):
-                    torch.testing.assert_close(b, a)
+            assert_same_inference(ref, fused, call)
         else:
             assert_same_run(ref, fused, call, [x])
 
@@ -348,9 +347,7 @@ def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
               for _ in range(2 if mode == "LSTM" else 1)]
         hx = tuple(hs) if mode == "LSTM" else hs[0]
         assert_same_run(ref, fused, lambda m: m(x, hx), [x, *hs], dtype)
-        with torch.no_grad():
-            for a, b in zip(flatten(ref(x, hx)), flatten(fused(x, hx))):
-                torch.testing.assert_close(b, a, **TOL[dtype])
+        assert_same_inference(ref, fused, lambda m: m(x, hx), **TOL[dtype])
 
 
 @pytest.mark.parametrize("steps,batch", [(1, 100), (2, 100), (3, 50)],
@@ -575,9 +572,7 @@ def test_descending_steps(mode, batch, threads):
         ref, fused = make_pair(mode, 40, 376)
         x = torch.randn(20, batch, 40, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
-        with torch.no_grad():
-            for a, b in zip(flatten(ref(x)), flatten(fused(x))):
-                torch.testing.assert_close(b, a, **TOL[torch.float64])
+        assert_same_inference(ref, fused, lambda m: m(x), **TOL[torch.float64])
 
 
 # Packed weights of 1 MB and more (csrc/cpu/backend.h: kStripSplitMinBytes) multiply all rows
@@ -593,24 +588,12 @@ LARGE_STRIPS_H = {"LSTM": 72, "GRU": 90, "RNN_TANH": 260, "RNN_RELU": 260}
 @pytest.mark.parametrize("threads", [1, 2])
 def test_large_weight_strips(mode, layout, threads):
     with num_threads(threads):
-        ref, fused = make_pair(mode, 512, LARGE_STRIPS_H[mode],
-                               bidirectional=layout == "packed_bidirectional",
-                               batch_first=layout == "batch_first")
         steps, batch = 6, 48
-        shape = (batch, steps, 512) if layout == "batch_first" else (steps, batch, 512)
-        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-        if layout == "packed_bidirectional":
-            lengths = [steps - i * 2 // batch for i in range(batch)]  # 6 and 5: 264 rows
-
-            def call(m):
-                return m(pack_padded_sequence(x, lengths))
-        else:
-            def call(m):
-                return m(x)
+        lengths = [steps - i * 2 // batch for i in range(batch)]  # 6 and 5: 264 rows packed
+        ref, fused, x, call = layout_pair(mode, 512, LARGE_STRIPS_H[mode], steps, batch, layout,
+                                          lengths)
         assert_same_run(ref, fused, call, [x])
-        with torch.no_grad():
-            for a, b in zip(flatten(call(ref)), flatten(call(fused))):
-                torch.testing.assert_close(b, a, **TOL[torch.float64])
+        assert_same_inference(ref, fused, call, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -649,20 +632,9 @@ def test_step_projection(mode, parts, layout, threads):
         batch, inp = (48 if parts == "rows" else 6), 24
         gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
         steps = STEP_PROJECTION_SMALL_LOOP // (batch * gates) + 2  # just past the small path
-        ref, fused = make_pair(mode, inp, hidden, bidirectional=layout == "packed_bidirectional",
-                               batch_first=layout == "batch_first")
-        shape = (batch, steps, inp) if layout == "batch_first" else (steps, batch, inp)
-        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
         lengths = [steps - (7 * i) % steps for i in range(batch)]
-
-        def call(m):
-            if layout == "packed_bidirectional":
-                return m(pack_padded_sequence(x, lengths, enforce_sorted=False))
-            return m(x)
-
-        with torch.no_grad():
-            for a, b in zip(flatten(call(ref)), flatten(call(fused))):
-                torch.testing.assert_close(b, a)
+        ref, fused, x, call = layout_pair(mode, inp, hidden, steps, batch, layout, lengths)
+        assert_same_inference(ref, fused, call)
         assert_same_run(ref, fused, call, [x])
 
 
