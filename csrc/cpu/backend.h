@@ -1730,11 +1730,20 @@ struct CPUBackend {
   // 2.96), LSTM T 100 B 32 I 20 H 64 2.53 -> 2.25, its GRU 2.02 -> 1.81, GRU T 40 B 64 I 16
   // 1.46 -> 1.19, RNN T 100 B 64 I 32 H 64 1.34 -> 1.25; wider inputs do not (RNN I 64 H 128
   // 2.25 -> 2.59, I = H = 100 1.95 -> 2.02, GRU I = H = 64 2.36 / 2.33).
+  // The partial sums' limit, 160K elements (640 KB in fp32), is a third of a core's 2 MB L2 on
+  // the Xeon host (32K, set on the EPYC host with 512 KB, had kept every H = 128 LSTM or GRU out).
+  // Forward+backward, 2 threads, same-process A/B, min of 8-10 alternating rounds, 32K -> 160K
+  // (sums in K elements): LSTM T 28 B 100 I 28 H 128 (82K) 5.65 -> 4.74 ms, GRU T 50 B 128
+  // I = H = 128 (100K) 12.8 -> 11.9, GRU T 100 B 32 (100K) 7.33 -> 6.82, GRU H 160 B 64 (155K)
+  // 10.63 -> 10.08, LSTM T 50 I = H = 128 (133K) B 64 8.31 -> 7.90, B 256 34.5 -> 33.2, B 512
+  // 72.3 / 73.2; RNN H 256 B 256 (132K), LSTM I 100 H 150 (152K) and the MNIST-rows RNN's
+  // second layer (33K) within 0.5%. Beyond it they lost: LSTM H 192 (298K) +2.9%, GRU
+  // H 256 (396K) +6.1%, LSTM H 256 (528K) +9.6%, LSTM I 64 H 256 (332K) +20%.
   static constexpr bool kStepGradients = true;
   static constexpr int64_t kStepGradientMinElements = 1024 * 1024;
   static constexpr int64_t kStepGradientSmallInputs = 32;
   static constexpr int64_t kStepGradientChunk = 16 * 1024;
-  static constexpr int64_t kStepGradientMaxSums = 32 * 1024;
+  static constexpr int64_t kStepGradientMaxSums = 160 * 1024;
   static bool gradients_in_loop(const Schedule& s, const LayerDims& d,
                                 const std::vector<Part>& parts, const at::Tensor& x) {
     const int64_t elements = s.N * d.saved_cols();
