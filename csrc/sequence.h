@@ -1057,7 +1057,7 @@ BackwardResult layer_backward(const ForwardArgs& a, const at::Tensor& workspace,
   at::Tensor grad_b_hh = at::empty({0}, opts);
   if (a.b_hh) grad_b_hh = gru ? sum_h : (a.b_ih ? sum_x.clone() : sum_x);
   // Back from the order n, r, z to r, z, n (weight_gradient's dW_hh is already): the step
-  // gradients' dW_hh has at most kStepGradientMaxSums elements.
+  // gradients' dW_hh is small (kStepGradientMaxSumsBytes).
   if (gru && step_grads) grad_w_hh = grad_w_hh.roll(-roll, 0);
   if (gru && a.b_hh) grad_b_hh = grad_b_hh.roll(-roll, 0);
   at::Tensor grad_w_hr = at::empty({0}, opts);

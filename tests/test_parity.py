@@ -640,14 +640,14 @@ def test_step_projection(mode, parts, layout, threads):
 
 # Where a layer's gate gradients reach 1M elements (csrc/cpu/backend.h:
 # kStepGradientMinElements), or pass 256K with at most 32 inputs (kStepGradientSmallInputs), and
-# a row part's partial sums of dW_ih, dW_hh and the biases fit in 160K elements
-# (kStepGradientMaxSums), the CPU computes the weight, bias and input gradients inside the
+# a row part's partial sums of dW_ih, dW_hh and the biases fit in 640 KB
+# (kStepGradientMaxSumsBytes), the CPU computes the weight, bias and input gradients inside the
 # backward loop, a chunk of steps at a time (sequence.h: gradient_chunk).
 STEP_GRADIENT_MIN = 1024 * 1024
 STEP_GRADIENT_MIN_SMALL_INPUTS = 256 * 1024
 STEP_GRADIENT_CONFIGS = {  # name -> (mode, hidden, constructor kwargs, saved columns per unit)
     "LSTM": ("LSTM", 48, {}, 4),
-    "LSTM_128": ("LSTM", 128, {}, 4),  # partial sums of 76K elements
+    "LSTM_128": ("LSTM", 128, {}, 4),  # partial sums of 76K elements (606 KB in fp64)
     "LSTM_proj": ("LSTM", 48, {"proj_size": 20}, 4),
     "GRU": ("GRU", 48, {}, 4),
     "GRU_no_bias": ("GRU", 48, {"bias": False}, 4),

@@ -1718,7 +1718,7 @@ struct CPUBackend {
   // where the gate gradients outgrow both cores' L2 (kStepGradientMinElements: after the loop
   // MKL's products and ATen's column sums would stream them from L3 or memory, four times), on
   // row parts (a unit part has only its units' gate gradients), while a part's partial sums of
-  // dW_ih, dW_hh and the biases (kStepGradientMaxSums elements at most) stay in its core's L2
+  // dW_ih, dW_hh and the biases (kStepGradientMaxSumsBytes at most) stay in its core's L2
   // beside a chunk of kStepGradientChunk gate-gradient elements, the same steps' inputs and the
   // packed weights. Measured (backward op, best of 4-6 runs each, alternating builds): IMDB's
   // LSTM 14.2-14.5 -> 13.2-13.5 ms on 2 threads, 25-30 -> 22-23 on 1; its GRU 14.3 -> 12.0-12.8.
@@ -1730,26 +1730,30 @@ struct CPUBackend {
   // 2.96), LSTM T 100 B 32 I 20 H 64 2.53 -> 2.25, its GRU 2.02 -> 1.81, GRU T 40 B 64 I 16
   // 1.46 -> 1.19, RNN T 100 B 64 I 32 H 64 1.34 -> 1.25; wider inputs do not (RNN I 64 H 128
   // 2.25 -> 2.59, I = H = 100 1.95 -> 2.02, GRU I = H = 64 2.36 / 2.33).
-  // The partial sums' limit, 160K elements (640 KB in fp32), is a third of a core's 2 MB L2 on
-  // the Xeon host (32K, set on the EPYC host with 512 KB, had kept every H = 128 LSTM or GRU out).
-  // Forward+backward, 2 threads, same-process A/B, min of 8-10 alternating rounds, 32K -> 160K
-  // (sums in K elements): LSTM T 28 B 100 I 28 H 128 (82K) 5.65 -> 4.74 ms, GRU T 50 B 128
+  // The partial sums' limit, 640 KB (160K fp32 elements), is a third of a core's 2 MB L2 on the
+  // Xeon host (32K elements, set on the EPYC host with 512 KB, had kept every H = 128 LSTM or GRU
+  // out). Forward+backward, 2 threads, same-process A/B, min of 8-10 alternating rounds, fp32,
+  // 32K -> 160K elements (sums in K elements): LSTM T 28 B 100 I 28 H 128 (82K) 5.65 -> 4.74 ms, GRU T 50 B 128
   // I = H = 128 (100K) 12.8 -> 11.9, GRU T 100 B 32 (100K) 7.33 -> 6.82, GRU H 160 B 64 (155K)
   // 10.63 -> 10.08, LSTM T 50 I = H = 128 (133K) B 64 8.31 -> 7.90, B 256 34.5 -> 33.2, B 512
   // 72.3 / 73.2; RNN H 256 B 256 (132K), LSTM I 100 H 150 (152K) and the MNIST-rows RNN's
   // second layer (33K) within 0.5%. Beyond it they lost: LSTM H 192 (298K) +2.9%, GRU
-  // H 256 (396K) +6.1%, LSTM H 256 (528K) +9.6%, LSTM I 64 H 256 (332K) +20%.
+  // H 256 (396K) +6.1%, LSTM H 256 (528K) +9.6%, LSTM I 64 H 256 (332K) +20%. In bytes, so
+  // fp64 keeps half the elements: in fp64 (160K -> 32K elements) LSTM H 128 B 64 (1.06 MB)
+  // 20.9 -> 20.2 ms and GRU H 128 (800 KB) 32.2 -> 31.8 ran better after the loop, LSTM I 28
+  // H 128 (640 KB) 12.2 -> 11.5 inside it.
   static constexpr bool kStepGradients = true;
   static constexpr int64_t kStepGradientMinElements = 1024 * 1024;
   static constexpr int64_t kStepGradientSmallInputs = 32;
   static constexpr int64_t kStepGradientChunk = 16 * 1024;
-  static constexpr int64_t kStepGradientMaxSums = 160 * 1024;
+  static constexpr int64_t kStepGradientMaxSumsBytes = 640 * 1024;
   static bool gradients_in_loop(const Schedule& s, const LayerDims& d,
                                 const std::vector<Part>& parts, const at::Tensor& x) {
     const int64_t elements = s.N * d.saved_cols();
     const bool large = elements >= kStepGradientMinElements ||
                        (elements > kSmallPostLoop && d.I <= kStepGradientSmallInputs);
-    return large && !parts[0].units_split && step_gradients_size(d) <= kStepGradientMaxSums &&
+    return large && !parts[0].units_split &&
+           step_gradients_size(d) * int64_t(x.element_size()) <= kStepGradientMaxSumsBytes &&
            RowBlocks::of(x).has_value();
   }
   // A part's partial sums: dW_ih | dW_hh (each [G, K] or [K, G], grad_weight_transposed) |
