@@ -1733,15 +1733,15 @@ struct CPUBackend {
   // The partial sums' limit, 640 KB (160K fp32 elements), is a third of a core's 2 MB L2 on the
   // Xeon host (32K elements, set on the EPYC host with 512 KB, had kept every H = 128 LSTM or GRU
   // out). Forward+backward, 2 threads, same-process A/B, min of 8-10 alternating rounds, fp32,
-  // 32K -> 160K elements (sums in K elements): LSTM T 28 B 100 I 28 H 128 (82K) 5.65 -> 4.74 ms, GRU T 50 B 128
-  // I = H = 128 (100K) 12.8 -> 11.9, GRU T 100 B 32 (100K) 7.33 -> 6.82, GRU H 160 B 64 (155K)
-  // 10.63 -> 10.08, LSTM T 50 I = H = 128 (133K) B 64 8.31 -> 7.90, B 256 34.5 -> 33.2, B 512
-  // 72.3 / 73.2; RNN H 256 B 256 (132K), LSTM I 100 H 150 (152K) and the MNIST-rows RNN's
-  // second layer (33K) within 0.5%. Beyond it they lost: LSTM H 192 (298K) +2.9%, GRU
-  // H 256 (396K) +6.1%, LSTM H 256 (528K) +9.6%, LSTM I 64 H 256 (332K) +20%. In bytes, so
-  // fp64 keeps half the elements: in fp64 (160K -> 32K elements) LSTM H 128 B 64 (1.06 MB)
-  // 20.9 -> 20.2 ms and GRU H 128 (800 KB) 32.2 -> 31.8 ran better after the loop, LSTM I 28
-  // H 128 (640 KB) 12.2 -> 11.5 inside it.
+  // 32K -> 160K elements (the sums' size in K elements): LSTM T 28 B 100 I 28 H 128 (82K) 5.65
+  // -> 4.74 ms, GRU T 50 B 128 I = H = 128 (100K) 12.8 -> 11.9, GRU T 100 B 32 (100K) 7.33 ->
+  // 6.82, GRU H 160 B 64 (155K) 10.63 -> 10.08, LSTM T 50 I = H = 128 (133K) B 64 8.31 -> 7.90,
+  // B 256 34.5 -> 33.2, B 512 72.3 / 73.2; RNN H 256 B 256 (132K), LSTM I 100 H 150 (152K) and
+  // the MNIST-rows RNN's second layer (33K) within 0.5%. Beyond it they lost: LSTM H 192 (298K)
+  // +2.9%, GRU H 256 (396K) +6.1%, LSTM H 256 (528K) +9.6%, LSTM I 64 H 256 (332K) +20%. In
+  // bytes, so fp64 keeps half the elements: in fp64 (160K -> 32K elements) LSTM H 128 B 64
+  // (1.06 MB) 20.9 -> 20.2 ms and GRU H 128 (800 KB) 32.2 -> 31.8 ran better after the loop,
+  // LSTM I 28 H 128 (640 KB) 12.2 -> 11.5 inside it.
   static constexpr bool kStepGradients = true;
   static constexpr int64_t kStepGradientMinElements = 1024 * 1024;
   static constexpr int64_t kStepGradientSmallInputs = 32;
