@@ -180,6 +180,8 @@ struct Weight {
   const void* half = nullptr;
   c10::ScalarType half_type = c10::ScalarType::Undefined;
   bool descending = false;
+  // Its size as the backends' thresholds count it (K x N elements of scalar_t).
+  FR_HD int64_t bytes() const { return K * N * int64_t(sizeof(scalar_t)); }
 };
 
 // The recurrent weight as a loop's product at processing step `step` takes it: every other

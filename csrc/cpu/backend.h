@@ -1324,8 +1324,7 @@ struct CPUBackend {
     const int64_t work_rows = std::max(N, kStreamedWeightRows);
     constexpr int64_t SW = strip_width<scalar_t>();
     const int64_t strips = (w.N + SW - 1) / SW;
-    const bool large_packed = w.packed &&
-                              w.K * w.N * int64_t(sizeof(scalar_t)) >= kStripSplitMinBytes &&
+    const bool large_packed = w.packed && w.bytes() >= kStripSplitMinBytes &&
                               strips >= 2 * at::get_num_threads();
     if ((N < 2 * grain || large_packed) && work_rows * w.K * w.N >= 2 * kParallelWork) {
       const int64_t strip_grain = std::max<int64_t>(1, kParallelWork / (work_rows * w.K * SW));
@@ -1383,8 +1382,7 @@ struct CPUBackend {
     const int64_t strips = (w.block + SW - 1) / SW;
     // Blocks b0..b1, the strips of each in [begin, end) of the block: in order, or where the
     // weight is taken descending, both last to first.
-    const bool descending =
-        w.descending && w.K * w.N * int64_t(sizeof(scalar_t)) > kDescendingAboveBytes;
+    const bool descending = w.descending && w.bytes() > kDescendingAboveBytes;
     const int64_t b0 = c0 / w.block, b1 = (c1 - 1) / w.block;
     for (int64_t i = 0; i <= b1 - b0; ++i) {
       const int64_t b = descending ? b1 - i : b0 + i;
