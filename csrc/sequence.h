@@ -189,7 +189,7 @@ struct Weight {
 // still in cache, where a weight that outgrows the cache would otherwise come from the next
 // level whole on every step (a least-recently-used cache keeps none of a stream larger than
 // itself). Each element of the product is the same sum either way. (Backends may take no notice:
-// the CPU's honours it on its packed weights above kDescendingAboveBytes.)
+// the CPU's honours it on its packed weights above kL2ResidentBytes.)
 template <class scalar_t>
 FR_HD Weight<scalar_t> in_step_order(Weight<scalar_t> w, int64_t step) {
   w.descending = step % 2 == 1;

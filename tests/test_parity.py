@@ -559,9 +559,10 @@ def test_large_batch_row_blocks(mode, hidden, batch, threads):
         assert_same_run(ref, fused, lambda m: m(x), [x])
 
 
-# A recurrent weight above 1 MB (csrc/cpu/backend.h: kDescendingAboveBytes; fp64 here) is taken
+# A recurrent weight above 1 MB (csrc/cpu/backend.h: kL2ResidentBytes; fp64 here) is taken
 # last column strip to first on every other step, forward and backward (sequence.h:
-# in_step_order): row parts (24 rows) and unit parts (4 rows, gate blocks in reverse too) on two
+# in_step_order), and each strip's product runs once the next strip, fetched ahead, is known
+# (gemm_weight): row parts (24 rows) and unit parts (4 rows, gate blocks in reverse too) on two
 # threads, one part on one; H 376 leaves a partial strip at the end of every gate block; 20 steps,
 # so that the weights are packed (read in place below 64 rows in all).
 @pytest.mark.parametrize("mode", list(MODES))

@@ -625,9 +625,13 @@ struct RowsOf {
 // (kRuns false: one run, known at compile time, so the ordinary products keep their code.)
 // B's elements may be fp16 / bf16 (TB) where T is float: a weight kept in its dtype
 // (kHalfWeights), each lane widened as it is loaded (lane_of).
+// `ahead` (if not null): a matrix laid out as B that the caller reads next; each row of it is
+// requested into L2 (prefetch) as this pass reads the same row of B (gemm_weight: the next
+// strip of a weight beyond L2). Groups of one or two rows (the odd/even loop) do not fetch.
 template <int R, bool kRuns, class T, class TB = T>
 void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, const TB* B,
-               int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const Runs& runs) {
+               int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const Runs& runs,
+               const TB* ahead) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t run_count = kRuns ? runs.count : 1;
@@ -655,6 +659,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
       acc[r][0] = init(j, full);
       acc[r][1] = init(j + W, full);
     }
+    const TB* next = ahead ? ahead + j : nullptr;
     for (int64_t run = 0; run < run_count; ++run) {
       const RowsOf<R, T> a(A + run * runs.a_step, a_rs);
       const TB* b = B + run * runs.b_step + j;
@@ -684,7 +689,7 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
           acc[r][1] = acc[r][1] + odd[r][1];
         }
       }
-      for (; p < k; ++p) {
+      const auto k_step = [&](int64_t p) {
         const Vec b0 = lane_of(b + p * ldb), b1 = lane_of(b + p * ldb + W);
         FR_UNROLL_ROWS
         for (int r = 0; r < R; ++r) {
@@ -692,7 +697,16 @@ void gemm_rows(int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs, con
           acc[r][0] = at::vec::fmadd(a0, b0, acc[r][0]);
           acc[r][1] = at::vec::fmadd(a0, b1, acc[r][1]);
         }
+      };
+      // Two loops, so that the products without `ahead` test nothing per step of k.
+      if (next) {
+        for (; p < k; ++p) {
+          __builtin_prefetch(next + p * ldb, 0, 2);
+          __builtin_prefetch(next + p * ldb + W, 0, 2);
+          k_step(p);
+        }
       }
+      for (; p < k; ++p) k_step(p);
     }
     if (beta != T(0)) {
       FR_UNROLL_ROWS
@@ -784,24 +798,25 @@ static_assert(kGroupRows <= 16, "FR_UNROLL_ROWS unrolls sixteen rows");
 template <int R, bool kRuns, class T, class TB>
 void gemm_rows_of(int rows, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
                   const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
-                  const Runs& runs) {
+                  const Runs& runs, const TB* ahead) {
   if constexpr (R > 1) {
     if (rows < R) {
       return gemm_rows_of<R - 1, kRuns>(rows, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias,
-                                        runs);
+                                        runs, ahead);
     }
   }
-  gemm_rows<R, kRuns>(n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
+  gemm_rows<R, kRuns>(n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs, ahead);
 }
 
 // The k chunks outermost, every group of rows inside: a chunk of B (kSumChunk x n) is read from
 // L1/L2 by all the groups in turn, where each group running all of k streamed the whole of B
 // (64 KB for a 512-row strip of 32 floats, past L1) once per group. Each element of C sums the
-// same chunks in the same order either way.
+// same chunks in the same order either way. `ahead` (gemm_rows) is fetched by each chunk's
+// first group alone: once per call.
 template <bool kRuns, class T, class TB>
 void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
                      const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
-                     const Runs& runs) {
+                     const Runs& runs, const TB* ahead) {
   const int64_t groups = (m + kGroupRows - 1) / kGroupRows;
   const bool even = m > kGroupRows && m / groups >= 4;
   for (int64_t p0 = 0; p0 < std::max<int64_t>(k, 1); p0 += kSumChunk) {  // (k 0: C = bias)
@@ -812,21 +827,24 @@ void small_gemm_rows(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, 
       const int64_t rows = even ? m / groups + (g < m % groups ? 1 : 0)
                                 : std::min<int64_t>(kGroupRows, m - i);
       gemm_rows_of<kGroupRows, kRuns>(int(rows), n, kc, A + i * a_rs + p0 * a_cs, a_rs, a_cs,
-                                      B + p0 * ldb, ldb, be, C + i * ldc, ldc, bi, runs);
+                                      B + p0 * ldb, ldb, be, C + i * ldc, ldc, bi, runs,
+                                      ahead && g == 0 ? ahead + p0 * ldb : nullptr);
       i += rows;
     }
   }
 }
 
-// C = A B (+ beta C, + bias) for any m, its reduction over `runs` (one by default).
+// C = A B (+ beta C, + bias) for any m, its reduction over `runs` (one by default), the
+// matrix `ahead` (if any) requested into L2 meanwhile (gemm_rows).
 template <class T, class TB = T>
 void small_gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t a_rs, int64_t a_cs,
                 const TB* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr,
-                const Runs& runs = Runs{}) {
+                const Runs& runs = Runs{}, const TB* ahead = nullptr) {
   if (runs.count != 1) {
-    return small_gemm_rows<true>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
+    return small_gemm_rows<true>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs,
+                                 ahead);
   }
-  small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs);
+  small_gemm_rows<false>(m, n, k, A, a_rs, a_cs, B, ldb, beta, C, ldc, bias, runs, ahead);
 }
 
 // Row-major C[m, n] = A[m, k] B[k, n] (+ beta C, + bias) with B held transposed: column j of B
@@ -1380,9 +1398,23 @@ struct CPUBackend {
     }
     constexpr int64_t SW = strip_width<scalar_t>();
     const int64_t strips = (w.block + SW - 1) / SW;
+    // A weight beyond L2 is read from L3: each strip's product requests the next strip's lines
+    // as it goes (`ahead`), so that the next product finds them in L2.
+    const bool streamed = w.bytes() > kL2ResidentBytes;
+    struct Strip {
+      const scalar_t* panel;
+      int64_t col, width;
+    };
+    Strip pending{nullptr, 0, 0};
+    auto run_before = [&](const scalar_t* next_panel) {
+      if (!pending.panel) return;
+      small_gemm(m, pending.width, K, A, lda, int64_t(1), pending.panel, SW, beta,
+                 C + pending.col, ldc, bias ? bias + pending.col : nullptr, Runs{},
+                 streamed ? next_panel : nullptr);
+    };
     // Blocks b0..b1, the strips of each in [begin, end) of the block: in order, or where the
-    // weight is taken descending, both last to first.
-    const bool descending = w.descending && w.bytes() > kDescendingAboveBytes;
+    // weight is taken descending, both last to first. Each strip runs once the next is known.
+    const bool descending = w.descending && streamed;
     const int64_t b0 = c0 / w.block, b1 = (c1 - 1) / w.block;
     for (int64_t i = 0; i <= b1 - b0; ++i) {
       const int64_t b = descending ? b1 - i : b0 + i;
@@ -1393,20 +1425,32 @@ struct CPUBackend {
       for (int64_t q = 0; q < count; ++q) {
         const int64_t j = begin + (descending ? count - 1 - q : q) * SW;
         const scalar_t* panel = w.packed + (b * strips + j / SW) * K * SW;
-        small_gemm(m, std::min(SW, end - j), K, A, lda, int64_t(1), panel, SW, beta,
-                   C + b * w.block + j, ldc, bias ? bias + b * w.block + j : nullptr);
+        run_before(panel);
+        pending = {panel, b * w.block + j, std::min(SW, end - j)};
       }
     }
+    run_before(nullptr);
   }
 
-  // The loops' recurrent products take a packed weight descending on every other step
-  // (in_step_order) above half a core's L2 (2 MB here): smaller ones stay in L2 from step to step
-  // as they are. Measured (bench, 3 alternating processes each way, fused best ms, 2 threads):
+  // Packed weights up to this size (half a core's L2, 2 MB here) stay in L2 from one step's
+  // product to the next. Larger ones are streamed from L3 on every step: gemm_weight requests
+  // each next strip ahead (prefetch) and, on every other step of the loops' recurrent products,
+  // takes the weight descending (in_step_order), so that the step starts on what the step
+  // before read last.
+  // Descending, measured (bench, 3 alternating processes each way, fused best ms, 2 threads):
   // LSTM T 50, I = H: B 32, H 512 forward 22.48 -> 21.67, forward+backward 67.8 -> 64.8; B 16,
   // H 512 12.19 -> 11.84 and 35.8 -> 34.9; B 32, H 384 12.31 -> 11.99; fastrnns forward 80.8 ->
   // 76.6; GRU B 32, H 512 17.4 -> 16.7; RNN B 32, H 1024 22.7 -> 22.3 and 65.3 -> 63.6; B 64,
   // H 768 (unit parts, 4.7 MB each) 92.9 -> 92.5.
-  static constexpr int64_t kDescendingAboveBytes = 1024 * 1024;
+  // The next strip ahead, measured (same process, 10 alternating rounds, 2 threads, min ms,
+  // forward / forward+backward, without -> with): fastrnns (LSTM T 100, B 64, I = H = 512)
+  // 82.7 -> 80.1 and 79.8 -> 78.2 / within noise (244-251); its step products alone (I 16)
+  // 42.2 -> 37.8 / 133.0 -> 129.8; LSTM T 100, B 32, H 512 43.0 -> 39.2 / 127.5 -> 124.0;
+  // LSTM T 50, H 512: B 32 22.6 -> 20.8 / 66.5 -> 63.9, B 16 11.7 -> 11.1 / 34.1 -> 33.7; GRU
+  // T 50, B 32, H 512 17.3 -> 16.1 / 51.4 -> 49.1; GRU T 100, B 16, I 256, H 512 13.2 -> 12.1;
+  // RNN T 50, B 32, H 1024 22.8 -> 21.5 / 67.2 -> 64.1; LSTM T 50, B 64, H 768 88.4 -> 87.1.
+  // Ahead of weights of 1 MB and less as well, the small-batch LSTM (a 1 MB W_hh) lost 5.5%.
+  static constexpr int64_t kL2ResidentBytes = 1024 * 1024;
 
   // The weight gradients after the loop, over all N time-major rows. Up to this many
   // gate-gradient elements (the seed models) the operands stay in cache and small_gemm beats
