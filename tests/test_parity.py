@@ -350,6 +350,27 @@ def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):
         assert_same_inference(ref, fused, lambda m: m(x, hx), **TOL[dtype])
 
 
+# dot_gemm's passes (csrc/cpu/backend.h: kDotRows x kDotCols, 6 x 4 on AVX-512, 4 x 3 on AVX2)
+# and the last rows and columns of each product left over from them, every count of both on
+# either build: 3-11 rows (x W_ih^T and h W_hh^T of one step), column counts G = 4H, 3H or H
+# from H 125-127 (each of them 1-3 past a multiple of 4 and of 3 in some mode; the weights
+# past pack_weight's 16 KB, so read in place, not copied row-major). One thread: each product
+# takes all of its columns at once.
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("batch", [3, 4, 5, 6, 7, 11])
+@pytest.mark.parametrize("hidden", [125, 126, 127])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_in_place_blocks(mode, batch, hidden, dtype):
+    with num_threads(1):
+        ref, fused = make_pair(mode, 37, hidden, dtype=dtype)
+        x = torch.randn(1, batch, 37, dtype=dtype, requires_grad=True)
+        hs = [torch.randn(1, batch, hidden, dtype=dtype, requires_grad=True)
+              for _ in range(2 if mode == "LSTM" else 1)]
+        hx = tuple(hs) if mode == "LSTM" else hs[0]
+        assert_same_run(ref, fused, lambda m: m(x, hx), [x, *hs], dtype)
+        assert_same_inference(ref, fused, lambda m: m(x, hx), **TOL[dtype])
+
+
 @pytest.mark.parametrize("steps,batch", [(1, 100), (2, 100), (3, 50)],
                          ids=["few_rows", "wide_products", "packed"])
 def test_large_weight_in_place(steps, batch):
