@@ -320,9 +320,10 @@ def test_units_shared_across_threads(mode, kind, team):
 # Products over fewer than 64 rows in all read their weight in place instead of packing it
 # (csrc/cpu/backend.h: read_in_place): the forward's W_ih^T and W_hh^T as torch stores them
 # (dot_gemm), the backward's row-major W_ih and W_hh from 1 MB on (kRowMajorInPlaceMinBytes,
-# the BLAS); from 64 rows on, packed copies (row-major ones in blocks of eight rows). Both sides
-# of the boundary; one step of one row with the state given (a decoder's call: unit parts on two
-# threads). "forward": UNIT_SPLIT_H units, an input width that leaves a partial lane (37) and
+# the BLAS); from 64 rows on, packed copies (row-major ones in blocks of eight rows), except
+# that AVX-512 builds read a transposed view summing K >= 256 terms in several products (W_hh^T
+# by every step) in place up to 127 rows (kDotLongK). Both sides of both boundaries; one step of one row with the state given (a
+# decoder's call: unit parts on two threads). "forward": UNIT_SPLIT_H units, an input width that leaves a partial lane (37) and
 # column counts that are not multiples of three (dot_gemm's blocks); "backward": I = H with
 # W_hh and W_ih of 1 MB in fp32 (the GRU's recurrent weight rolled to n, r, z first).
 IN_PLACE_H = {"forward": UNIT_SPLIT_H,
@@ -332,9 +333,10 @@ IN_PLACE_H = {"forward": UNIT_SPLIT_H,
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("weights", list(IN_PLACE_H))
 @pytest.mark.parametrize("steps,batch", [(1, 1), (3, 2), (1, 8), (7, 9), (1, 63), (1, 64),
-                                         (2, 32)],
+                                         (2, 32), (3, 42), (4, 32)],
                          ids=["decoder_step", "two_rows", "one_step", "63_rows",
-                              "63_rows_one_step", "64_rows", "64_rows_two_steps"])
+                              "63_rows_one_step", "64_rows", "64_rows_two_steps",
+                              "126_rows_three_steps", "128_rows_four_steps"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_weights_read_in_place(mode, weights, steps, batch, threads, dtype):

@@ -1156,6 +1156,22 @@ struct CPUBackend {
   // ns per element (16 MB in 2.8 ms on one thread), against ~0.2 for a 4 MB one. GRU at
   // I = H = 1024, 128 rows: 16.5 ms packed, 14.9 in place (LSTM H 512, 4 MB: 4.4 vs 5.6).
   static constexpr int64_t kDotLargeWeightBytes = 8 << 20;
+  // AVX-512 builds: twice as many also where the weight's products are several (W_hh^T's, one
+  // a step) and sum K >= kDotLongK terms: there dot_gemm's 6 x 4 passes run at 140-170 GFLOP/s
+  // a core, near the packed kernel over a step's few rows (at shorter K the sums' reduction and
+  // each pass's set-up weigh more: 70-100 at K 64-128). Measured (forward without autograd, 2
+  // threads, alternating processes, 4 rounds, packed -> in place): LSTM T 5 B 16 I 128 H 256
+  // 0.422 -> 0.320 ms, T 7 B 16 H 256 0.556 -> 0.500, T 4 B 16 H 512 1.247 -> 1.191, T 12 B 10
+  // I 256 H 512 1.620 -> 1.516; GRU T 3 B 24 H 512 1.192 -> 0.953; RNN T 5 B 20 H 512 0.513 ->
+  // 0.396. One product (the input projection before the loop) stays packed from 64 rows: in
+  // place it lost 2-14% at 64-112 rows (LSTM T 1 B 112 H 256 0.334 -> 0.381). From 128 rows
+  // packing stays ahead (LSTM T 8 B 16 H 128 +19.6% in place); over large weights it does so
+  // from 128 on (LSTM T 2 B 64 H 1024 +8.9% in place). AVX2's 4 x 3 passes (kDotRows) keep 64.
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr int64_t kDotLongK = 256;
+#else
+  static constexpr int64_t kDotLongK = std::numeric_limits<int64_t>::max();
+#endif
   // A row-major weight (the backward's W_ih and W_hh) under the same row counts from this size
   // on, multiplied in place by the BLAS (or small_gemm): a GRU's backward at T 1, B 1,
   // I = H = 1024 9.9 -> 4.8 ms; LSTM T 200 B 4 H 256 (packed, 1 MB) 14.1 -> 12.9 (the faster
@@ -1173,8 +1189,11 @@ struct CPUBackend {
                             int64_t products) {
     const int64_t bytes = w.size(0) * w.size(1) * element_size;
     const bool large = bytes >= kDotLargeWeightBytes;
+    if (transposed_view(w)) {
+      const bool long_sums = w.size(0) >= kDotLongK && products > 1;
+      return rows < (large || long_sums ? 2 : 1) * kDotMaxRows;
+    }
     const bool few_rows = rows < (large ? 2 : 1) * kDotMaxRows;
-    if (transposed_view(w)) return few_rows;
     if (!w.is_contiguous() || bytes < kRowMajorInPlaceMinBytes) return false;
     return few_rows || (large && rows >= products * kDotMaxRows);
   }
