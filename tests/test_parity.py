@@ -427,24 +427,27 @@ def test_zero_initial_state(mode, proj, layout, steps, hx, dtype):
 
 # 0 * inf is NaN: with an infinite element in W_hh, or in the gate gradients of the first step,
 # torch.nn's product with the zero h0 puts NaNs in the output (dW_hh); fused_rnn does not leave
-# that product out then, and has the same NaNs.
+# that product out then, and has the same NaNs. H 256: W_hh of 256 KB-1 MB, whose scan the
+# threads share (csrc/cpu/backend.h: kParallelScanBytes), the infinity in the last rows.
 @pytest.mark.parametrize("where", ["w_hh", "first_step_grad"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_zero_initial_state_keeps_nans(mode, steps, where):
-    ref, fused = make_pair(mode, I, ZERO_STATE_H, dtype=torch.float32)
+@pytest.mark.parametrize("hidden", [ZERO_STATE_H, 256])
+def test_zero_initial_state_keeps_nans(mode, steps, where, hidden):
+    ref, fused = make_pair(mode, I, hidden, dtype=torch.float32)
     if where == "w_hh":
         with torch.no_grad():
             for m in (ref, fused):
-                m.weight_hh_l0[1, 2] = float("inf")
+                m.weight_hh_l0[-2, 5] = float("inf")
     x = torch.randn(steps, 12, I)
-    grad_out = torch.randn(steps, 12, ZERO_STATE_H)
+    grad_out = torch.randn(steps, 12, hidden)
     if where == "first_step_grad":
         grad_out[0, 3] = float("inf")
     results = []
     for m in (ref, fused):
-        out = m(x)[0]
-        out.backward(grad_out)
+        with num_threads(2):
+            out = m(x)[0]
+            out.backward(grad_out)
         results.append([out] + [p.grad for p in m.parameters()])
     meant = results[0][0] if where == "w_hh" else ref.weight_hh_l0.grad
     assert meant.isnan().any()  # the case is the one meant

@@ -1647,24 +1647,37 @@ struct CPUBackend {
   }
   // Whether the [rows, cols] elements (rows `ld` apart) are all finite. fp16 / bf16 (a weight
   // read in place, kHalfWeights): whether no exponent field is all ones, on the bits.
+  // Rows shared out across threads from kParallelScanBytes on (the other threads would wait
+  // for the scan otherwise).
+  static constexpr int64_t kParallelScanBytes = 256 * 1024;
   template <class scalar_t>
   static bool all_finite(const scalar_t* p, int64_t rows, int64_t cols, int64_t ld) {
-    if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
-      constexpr uint16_t kExponent = std::is_same_v<scalar_t, c10::Half> ? 0x7C00 : 0x7F80;
-      const auto* bits = reinterpret_cast<const uint16_t*>(p);
+    auto rows_finite = [&](int64_t r0, int64_t r1) {
       int bad = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) bad |= (bits[r * ld + c] & kExponent) == kExponent;
+      if constexpr (std::is_same_v<scalar_t, c10::Half> ||
+                    std::is_same_v<scalar_t, c10::BFloat16>) {
+        constexpr uint16_t kExponent = std::is_same_v<scalar_t, c10::Half> ? 0x7C00 : 0x7F80;
+        const auto* bits = reinterpret_cast<const uint16_t*>(p);
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t c = 0; c < cols; ++c) bad |= (bits[r * ld + c] & kExponent) == kExponent;
+        }
+      } else {
+        constexpr scalar_t kMax = std::numeric_limits<scalar_t>::max();
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* row = p + r * ld;
+          for (int64_t c = 0; c < cols; ++c) bad |= !(std::abs(row[c]) <= kMax);  // inf, NaN
+        }
       }
       return !bad;
-    }
-    constexpr scalar_t kMax = std::numeric_limits<scalar_t>::max();
-    int bad = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* row = p + r * ld;
-      for (int64_t c = 0; c < cols; ++c) bad |= !(std::abs(row[c]) <= kMax);  // inf, NaN
-    }
-    return !bad;
+    };
+    const int64_t row_bytes = std::max<int64_t>(1, cols * int64_t(sizeof(scalar_t)));
+    if (rows * row_bytes < kParallelScanBytes) return rows_finite(0, rows);
+    std::atomic<bool> finite{true};
+    at::parallel_for(0, rows, (kParallelScanBytes / 2 + row_bytes - 1) / row_bytes,
+                     [&](int64_t r0, int64_t r1) {
+      if (!rows_finite(r0, r1)) finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load();
   }
 
   // The input projection of every step before the loop, out [N, G] = x W_ih^T (+ bias [G],
