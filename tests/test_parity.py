@@ -322,10 +322,12 @@ def test_units_shared_across_threads(mode, kind, team):
 # (dot_gemm), the backward's row-major W_ih and W_hh from 1 MB on (kRowMajorInPlaceMinBytes,
 # the BLAS); from 64 rows on, packed copies (row-major ones in blocks of eight rows), except
 # that AVX-512 builds read a transposed view summing K >= 256 terms in several products (W_hh^T
-# by every step) in place up to 127 rows (kDotLongK). Both sides of both boundaries; one step of one row with the state given (a
-# decoder's call: unit parts on two threads). "forward": UNIT_SPLIT_H units, an input width that leaves a partial lane (37) and
-# column counts that are not multiples of three (dot_gemm's blocks); "backward": I = H with
-# W_hh and W_ih of 1 MB in fp32 (the GRU's recurrent weight rolled to n, r, z first).
+# by every step) in place up to 127 rows (kDotLongK). Both sides of both boundaries; one step
+# of one row with the state given (a decoder's call: unit parts on two threads). "forward":
+# UNIT_SPLIT_H units, an input width that leaves a partial lane (37) and column counts that
+# are not multiples of three (dot_gemm's blocks on AVX2; test_in_place_blocks has AVX-512's);
+# "backward": I = H with W_hh and W_ih of 1 MB in fp32 (the GRU's recurrent weight rolled to
+# n, r, z first).
 IN_PLACE_H = {"forward": UNIT_SPLIT_H,
               "backward": {"LSTM": 256, "GRU": 300, "RNN_TANH": 512, "RNN_RELU": 512}}
 
