@@ -37,8 +37,9 @@ def _strided(draw, shape, dtype):
 
 # The CPU backend changes how it runs a layer at thresholds that SMALL's sizes never reach
 # (csrc/cpu/backend.h): products after the loop on MKL beyond 256K gate-gradient elements
-# (kSmallPostLoop), weight gradients inside the backward loop, packed weights from 64 rows, unit
-# parts (a few rows, many units), the input projection inside the loop (inference). LARGE's
+# (kSmallPostLoop), weight gradients inside the backward loop, packed weights from 64 rows (128
+# for a recurrent one of K >= 256 on AVX-512), unit parts (a few rows, many units), the input
+# projection inside the loop (inference). LARGE's
 # regimes draw sizes past each: many rows of narrow layers, a few rows of wide ones, wide layers
 # over a few steps. T is cut down so that T * B * H * (I + H) * layers * directions (about the
 # multiply-adds per gate) stays within _CAP: fp64 torch.nn is the oracle.

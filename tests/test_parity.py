@@ -591,15 +591,16 @@ def test_large_batch_row_blocks(mode, hidden, batch, threads):
 # last column strip to first on every other step, forward and backward (sequence.h:
 # in_step_order), and each strip's product runs once the next strip, fetched ahead, is known
 # (gemm_weight): row parts (24 rows) and unit parts (4 rows, gate blocks in reverse too) on two
-# threads, one part on one; H 376 leaves a partial strip at the end of every gate block; 20 steps,
-# so that the weights are packed (read in place below 64 rows in all).
+# threads, one part on one; H 376 leaves a partial strip at the end of every gate block; 40 steps,
+# so that the weights are packed (read in place below 64 rows in all, and on AVX-512 a W_hh^T of
+# K >= 256 below 128: kDotLongK).
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("batch", [24, 4], ids=["row_parts", "unit_parts"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_descending_steps(mode, batch, threads):
     with num_threads(threads):
         ref, fused = make_pair(mode, 40, 376)
-        x = torch.randn(20, batch, 40, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(40, batch, 40, dtype=torch.float64, requires_grad=True)
         assert_same_run(ref, fused, lambda m: m(x), [x])
         assert_same_inference(ref, fused, lambda m: m(x), **TOL[torch.float64])
 
